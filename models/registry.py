@@ -1,0 +1,71 @@
+"""Model registry: one decorator per constructor, names exactly as in RepDistiller.
+
+``model_dict`` keeps RepDistiller's public shape (``model_dict[name](num_classes=...)``) so code
+written against RepDistiller or CA-MKD keeps working. ``model_cfg`` holds what a training script
+needs to know about an architecture without building it (timm's ``pretrained_cfg`` idea).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    name: str
+    family: str          # architecture family: decides "same-family" pairs (spot-adaptive routing)
+    input_size: int      # the image size the model is designed for (32 CIFAR, 224 ImageNet)
+    default_lr: float    # RepDistiller's learning rate for this model (0.01 for the light nets)
+
+
+# CIFAR zoo (RepDistiller names) and ImageNet zoo (mdistiller names) are kept apart because the
+# two communities reuse "ResNet50" for different networks.
+model_dict: Dict[str, Callable[..., nn.Module]] = {}
+imagenet_model_dict: Dict[str, Callable[..., nn.Module]] = {}
+model_cfg: Dict[str, ModelCfg] = {}
+imagenet_model_cfg: Dict[str, ModelCfg] = {}
+
+
+def register_model(name: str | None = None, *, family: str, input_size: int = 32,
+                   default_lr: float = 0.05):
+    """Register a constructor ``fn(num_classes=...) -> nn.Module`` under ``name``."""
+    def wrap(fn):
+        key = name or fn.__name__
+        table, cfgs = (imagenet_model_dict, imagenet_model_cfg) if input_size >= 128 \
+            else (model_dict, model_cfg)
+        if key in table:
+            raise ValueError(f"model {key!r} is registered twice")
+
+        def build(num_classes: int = 100, **kwargs):
+            model = fn(num_classes=num_classes, **kwargs)
+            model.arch = key
+            return model
+        build.__name__ = key
+        build.__doc__ = fn.__doc__
+        table[key] = build
+        cfgs[key] = ModelCfg(key, family, input_size, default_lr)
+        return fn
+    return wrap
+
+
+def model_names(imagenet: bool = False):
+    return sorted(imagenet_model_dict if imagenet else model_dict)
+
+
+def get_model_cfg(name: str, imagenet: bool = False) -> ModelCfg:
+    cfgs = imagenet_model_cfg if imagenet else model_cfg
+    if name not in cfgs:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(sorted(cfgs))}")
+    return cfgs[name]
+
+
+def build_model(name: str, num_classes: int, imagenet: bool = False) -> nn.Module:
+    """Build a zoo model by name; an unknown name is a one-line ValueError listing the choices."""
+    table = imagenet_model_dict if imagenet else model_dict
+    if name not in table:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(sorted(table))}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    return table[name](num_classes=int(num_classes))
