@@ -33,6 +33,7 @@ class ZooModel(nn.Module):
 
     num_stages: int = 0
     arch: str = ""          # registry name, set by the registry's builder
+    input_size: int = 32    # image size the model is built for, set by the registry's builder
 
     # -- what subclasses implement --------------------------------------------------------------
     def stage(self, i: int, x: Tensor, preact: bool = False) -> Tuple[Tensor, Tensor]:
@@ -77,8 +78,10 @@ class ZooModel(nn.Module):
         return self.classify(self.pool(feature_map))
 
     @torch.no_grad()
-    def feature_shapes(self, image_size: int = 32, channels: int = 3) -> List[Tuple[int, ...]]:
-        """Shapes (without the batch dimension) of ``forward(x, is_feat=True)``'s features."""
+    def feature_shapes(self, image_size: int | None = None, channels: int = 3) -> List[Tuple[int, ...]]:
+        """Shapes (without the batch dimension) of ``forward(x, is_feat=True)``'s features for a
+        square ``image_size`` input (default: the size the model is registered for)."""
+        image_size = self.input_size if image_size is None else image_size
         was_training = self.training
         param = next(self.parameters())
         self.eval()

@@ -41,6 +41,7 @@ def register_model(name: str | None = None, *, family: str, input_size: int = 32
         def build(num_classes: int = 100, **kwargs):
             model = fn(num_classes=num_classes, **kwargs)
             model.arch = key
+            model.input_size = input_size
             return model
         build.__name__ = key
         build.__doc__ = fn.__doc__
