@@ -1,0 +1,296 @@
+"""One training loop for teachers and students.
+
+A ``Task`` says what one training step computes (plain cross-entropy for a teacher, the whole
+distillation objective for a student); this module does everything around it: the learning-rate
+schedule, mixed precision, metrics kept on the device, progress, the non-finite-loss guard,
+evaluation, best/last checkpoints and ``--resume``. It fits on a few screens on purpose.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checkpoint import atomic_save, load_for_resume, rng_state, set_rng_state
+from .meters import DeviceSums, topk_correct
+from .runlog import Progress, RunLogger
+from .schedule import lr_at, set_lr
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised when a training loss is NaN or infinite; the message names the epoch and step."""
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor                    # the scalar that is back-propagated
+    logits: Tensor                  # the trained network's logits, for training accuracy
+    labels: Tensor
+    metrics: Dict[str, Tensor] = field(default_factory=dict)   # extra scalars, averaged per epoch
+
+
+class Task:
+    """What the loop trains. Subclasses implement ``step``; the rest has sensible defaults."""
+
+    model: nn.Module                # the network that is evaluated and saved as 'model'
+
+    def trainable(self) -> nn.Module:
+        """Everything the optimiser updates (the model, plus connectors for a student)."""
+        return self.model
+
+    def train_mode(self):
+        self.trainable().train()
+
+    def epoch_begin(self, epoch: int, epochs: int):
+        pass
+
+    def step(self, batch, epoch: int) -> StepOutput:
+        raise NotImplementedError
+
+    def epoch_metrics(self) -> Dict[str, float]:
+        """Per-epoch figures the task tracks itself (e.g. mean ensemble weight per teacher)."""
+        return {}
+
+    def extra_state(self) -> Dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: Dict[str, Any]):
+        pass
+
+
+class ClassifierTask(Task):
+    """Train one network with a classification loss ``criterion(logits, labels) -> scalar``."""
+
+    def __init__(self, model: nn.Module, criterion=None):
+        self.model = model
+        self.criterion = criterion or nn.CrossEntropyLoss()
+
+    def step(self, batch, epoch):
+        images, labels = batch[0], batch[1]
+        logits = self.model(images)
+        return StepOutput(self.criterion(logits, labels), logits, labels)
+
+
+def autocast_context(device: str, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(dev.type, dtype=torch.bfloat16)
+
+
+def needs_grad_scaler(device: str, amp: bool) -> bool:
+    return amp and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported()
+
+
+@torch.no_grad()
+def evaluate(models: Sequence[nn.Module], loader, device: str = "cpu", amp: bool = False) -> Dict[str, Any]:
+    """Top-1/top-5 (percent) and mean cross-entropy of each model, and of their ensemble
+    (averaged probabilities) when there are several."""
+    models = list(models)
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    sums = DeviceSums()
+    try:
+        for batch in loader:
+            images, labels = batch[0], batch[1]
+            probs = 0
+            with autocast_context(device, amp):
+                logits_all = [m(images).float() for m in models]
+            for k, logits in enumerate(logits_all):
+                c1, c5 = topk_correct(logits, labels)
+                sums.add(f"top1_{k}", c1)
+                sums.add(f"top5_{k}", c5)
+                sums.add(f"loss_{k}", F.cross_entropy(logits, labels, reduction="sum"))
+                probs = probs + logits.softmax(dim=1)
+            if len(models) > 1:
+                c1, c5 = topk_correct(probs, labels)
+                sums.add("top1_ens", c1)
+                sums.add("top5_ens", c5)
+            sums.add("n", labels.shape[0])
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    s = sums.read()
+    n = max(s.get("n", 0), 1)
+    out = {"top1": [100 * s[f"top1_{k}"] / n for k in range(len(models))],
+           "top5": [100 * s[f"top5_{k}"] / n for k in range(len(models))],
+           "loss": [s[f"loss_{k}"] / n for k in range(len(models))]}
+    if len(models) > 1:
+        out["ensemble_top1"] = 100 * s["top1_ens"] / n
+        out["ensemble_top5"] = 100 * s["top5_ens"] / n
+    return out
+
+
+def train_epoch(task: Task, optimizer, loader, epoch: int, args, scaler=None,
+                progress: Optional[Progress] = None) -> Dict[str, float]:
+    task.train_mode()
+    sums = DeviceSums()
+    first_bad = None                   # device tensor: first step with a non-finite loss, or -1
+    check_every_step = torch.device(args.device).type == "cpu"   # free on CPU, a sync on CUDA
+    steps = len(loader)
+    images_seen = 0
+    for step, batch in enumerate(loader, start=1):
+        with autocast_context(args.device, args.amp):
+            out = task.step(batch, epoch)
+        loss = out.loss
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+        n = out.labels.shape[0]
+        images_seen += n
+        loss_d = loss.detach().float()
+        bad = ~torch.isfinite(loss_d)
+        first_bad = torch.where(bad, torch.full_like(loss_d, step), torch.full_like(loss_d, -1)) \
+            if first_bad is None else torch.where((first_bad < 0) & bad, torch.full_like(loss_d, step), first_bad)
+        c1, c5 = topk_correct(out.logits.detach().float(), out.labels)
+        sums.add("loss", loss_d * n)
+        sums.add("top1", c1)
+        sums.add("top5", c5)
+        sums.add("n", n)
+        for key, value in out.metrics.items():
+            sums.add(key, value.detach().float() * n)
+
+        reading = step % args.print_freq == 0 or step == steps
+        if check_every_step or reading:
+            bad_step = int(first_bad.item())
+            if bad_step > 0:
+                raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {bad_step} of {steps}; "
+                                    f"stopping (the last checkpoint is kept)")
+        if reading and progress is not None:
+            s = sums.read()
+            progress.update(step, images_seen, {"loss": s["loss"] / s["n"], "top1": 100 * s["top1"] / s["n"]})
+
+    s = sums.read()
+    n = max(s.pop("n", 0), 1)
+    record = {"train_loss": s.pop("loss") / n, "train_acc": 100 * s.pop("top1") / n,
+              "train_acc_top5": 100 * s.pop("top5") / n}
+    record.update({k: v / n for k, v in s.items()})
+    return record
+
+
+class BestTracker:
+    """Keeps the best epoch. "Best" is chosen on the validation set when there is one, otherwise
+    on the test set (RepDistiller's habit, reported under its own name)."""
+
+    def __init__(self, on: str):
+        self.on = on
+        self.score = -math.inf
+        self.epoch = 0
+        self.record: Dict[str, Any] = {}
+
+    def update(self, epoch: int, record: Dict[str, Any]) -> bool:
+        score = record[self.on]
+        if score > self.score:
+            self.score, self.epoch, self.record = score, epoch, dict(record)
+            return True
+        return False
+
+    def state(self):
+        return {"on": self.on, "score": self.score, "epoch": self.epoch, "record": self.record}
+
+    def load(self, state):
+        self.on, self.score, self.epoch, self.record = state["on"], state["score"], state["epoch"], state["record"]
+
+
+def checkpoint_paths(run_dir: str, arch: str):
+    return (os.path.join(run_dir, f"{arch}_last.pth"), os.path.join(run_dir, f"{arch}_best.pth"))
+
+
+def fit(task: Task, optimizer, loaders, args, run: RunLogger, meta: Dict[str, Any],
+        is_main: bool = True) -> Dict[str, Any]:
+    """Train for ``args.epochs`` epochs; returns the run summary (also written to summary.json).
+
+    ``meta`` goes into every checkpoint next to RepDistiller's keys (arch, num_classes, dataset,
+    trial...). ``loaders`` has ``train``, ``test`` and optional ``val``.
+    """
+    arch = meta["arch"]
+    last_path, best_path = checkpoint_paths(run.run_dir, arch)
+    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(args.device, args.amp) else None
+    best = BestTracker("val_acc" if loaders.val is not None else "test_acc")
+    start_epoch = 1
+
+    if args.resume:
+        state = load_for_resume(last_path)
+        task.model.load_state_dict(state["model"])
+        task.load_extra_state(state.get("extra", {}))
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        best.load(state["best"])
+        set_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        run.truncate_metrics(state["epoch"])
+        run.info(f"resumed from {last_path} at epoch {state['epoch']}")
+
+    def save(path, epoch, record):
+        atomic_save({"model": task.model.state_dict(), "epoch": epoch,
+                     "best_acc": best.record.get("test_acc", record["test_acc"]),
+                     "test_acc": record["test_acc"], "test_acc_top5": record["test_acc_top5"],
+                     "optimizer": optimizer.state_dict(), "extra": task.extra_state(),
+                     "best": best.state(), "rng": rng_state(),
+                     **({"scaler": scaler.state_dict()} if scaler is not None else {}), **meta}, path)
+
+    record: Dict[str, Any] = {}
+    started = time.time()
+    for epoch in range(start_epoch, args.epochs + 1):
+        lr = lr_at(args, epoch)
+        set_lr(optimizer, lr)
+        loaders.train.set_epoch(epoch)
+        task.epoch_begin(epoch, args.epochs)
+        progress = Progress(len(loaders.train), epoch, args.epochs, args.print_freq,
+                            enabled=is_main and not getattr(args, "quiet", False))
+        t0 = time.time()
+        record = {"epoch": epoch, "lr": lr}
+        record.update(train_epoch(task, optimizer, loaders.train, epoch, args, scaler, progress))
+        record.update(task.epoch_metrics())
+        record["epoch_time"] = time.time() - t0
+        test = evaluate([task.model], loaders.test, args.device, args.amp)
+        record.update(test_acc=test["top1"][0], test_acc_top5=test["top5"][0], test_loss=test["loss"][0])
+        if loaders.val is not None:
+            val = evaluate([task.model], loaders.val, args.device, args.amp)
+            record.update(val_acc=val["top1"][0], val_acc_top5=val["top5"][0], val_loss=val["loss"][0])
+        improved = best.update(epoch, record)
+        record["best_acc"] = best.record["test_acc"]
+        if is_main:
+            run.log_epoch(record)
+            run.info(f" * Epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f} | "
+                     f"test acc {record['test_acc']:.2f} (top-5 {record['test_acc_top5']:.2f})"
+                     + (f" | val acc {record['val_acc']:.2f}" if "val_acc" in record else "")
+                     + f" | best {best.record['test_acc']:.2f} @ {best.epoch} | {record['epoch_time']:.1f}s")
+            if improved:
+                save(best_path, epoch, record)
+            save(last_path, epoch, record)
+            if epoch % args.save_freq == 0:
+                save(os.path.join(run.run_dir, f"ckpt_epoch_{epoch}.pth"), epoch, record)
+
+    if not record:   # resumed a run that had already finished
+        record = dict(best.record)
+    summary = {
+        "status": "finished", "epochs": args.epochs,
+        "last_acc": record.get("test_acc"), "last_acc_top5": record.get("test_acc_top5"),
+        "best_acc": best.record.get("test_acc"), "best_acc_top5": best.record.get("test_acc_top5"),
+        "best_epoch": best.epoch, "best_chosen_on": "validation" if best.on == "val_acc" else "test",
+        "best_val_acc": best.record.get("val_acc"), "train_seconds": time.time() - started,
+        "last_checkpoint": last_path, "best_checkpoint": best_path,
+    }
+    if is_main:
+        run.write_summary(summary)
+    return summary

@@ -1,0 +1,91 @@
+"""The teacher manifest: one JSON file under the save folder listing every finished teacher.
+
+train_teacher.py adds an entry per finished run; ``setting.py`` reads the file and exposes
+CA-MKD's ``teacher_model_path_dict`` and per-data-set name lists, so that the step from "trained
+three seeds" to "distil from them" needs no hand-pasted paths. Entries are named like CA-MKD's
+``setting.py``: ``<dataset>-<model>-<trial>``. Paths are stored relative to the manifest's folder,
+so a save folder can be moved as a whole.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from typing import Dict, List, Optional
+
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """One-line problem with the manifest or one of its entries."""
+
+
+def manifest_path(save_dir: str) -> str:
+    return os.path.join(save_dir, MANIFEST_NAME)
+
+
+def entry_name(dataset: str, model: str, trial) -> str:
+    return f"{dataset}-{model}-{trial}"
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """Serialise read-modify-write of the manifest between concurrent teacher runs."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        try:
+            import fcntl
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # Windows: no advisory locks; concurrent teacher runs are rare there
+            pass
+        yield
+
+
+def read_manifest(path: str) -> Dict[str, dict]:
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"teacher manifest {path} is unreadable: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("teachers", {}), dict):
+        raise ManifestError(f"teacher manifest {path} is not in the expected format "
+                            "({'teachers': {name: entry}})")
+    return data.get("teachers", {})
+
+
+def add_teacher(path: str, *, model: str, dataset: str, trial, checkpoint: str, best_acc: float,
+                last_acc: Optional[float] = None, num_classes: Optional[int] = None,
+                extra: Optional[dict] = None) -> str:
+    """Record a finished teacher; an entry with the same name is replaced. Returns the name."""
+    name = entry_name(dataset, model, trial)
+    folder = os.path.dirname(os.path.abspath(path))
+    entry = {"model": model, "dataset": dataset, "trial": str(trial),
+             "path": os.path.relpath(os.path.abspath(checkpoint), folder),
+             "best_acc": best_acc, "last_acc": last_acc, "num_classes": num_classes,
+             "recorded": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})}
+    with _locked(path):
+        teachers = read_manifest(path)
+        teachers[name] = entry
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"teachers": teachers}, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    return name
+
+
+def resolve_path(path: str, entry: dict) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.normpath(os.path.join(folder, entry["path"]))
+
+
+def teacher_names(teachers: Dict[str, dict], dataset: str) -> List[str]:
+    """Names registered for a data set, in a stable order: by model, then trial."""
+    def key(name):
+        e = teachers[name]
+        t = str(e.get("trial", ""))
+        return (e.get("model", ""), int(t) if t.lstrip("-").isdigit() else 10**9, t)
+    return sorted((n for n, e in teachers.items() if e.get("dataset") == dataset), key=key)

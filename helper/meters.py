@@ -1,0 +1,50 @@
+"""Accuracy and running sums that stay on the device until they are read.
+
+Reading a metric costs a host synchronisation on CUDA; the loop accumulates on the device and
+reads once per ``--print_freq`` steps.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Tuple
+
+import torch
+from torch import Tensor
+
+
+def topk_correct(logits: Tensor, labels: Tensor, ks: Iterable[int] = (1, 5)) -> Tuple[Tensor, ...]:
+    """Number of samples whose label is among the top-k logits, for each k (clipped to C)."""
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices
+    hit = top.eq(labels.view(-1, 1))
+    return tuple(hit[:, :min(k, maxk)].any(dim=1).sum() for k in ks)
+
+
+def accuracy(logits: Tensor, labels: Tensor, topk=(1,)):
+    """Top-k accuracies in percent, as RepDistiller's ``accuracy`` (a list of 0-dim tensors)."""
+    n = labels.shape[0]
+    return [c.float() * (100.0 / n) for c in topk_correct(logits, labels, topk)]
+
+
+class DeviceSums:
+    """Named running sums kept as device tensors; ``read()`` syncs once and returns floats."""
+
+    def __init__(self):
+        self.sums: Dict[str, Tensor] = {}
+
+    def add(self, name: str, value):
+        value = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
+        value = value.double() if value.is_floating_point() else value
+        if name in self.sums:
+            self.sums[name] = self.sums[name] + value
+        else:
+            self.sums[name] = value.clone()
+
+    def read(self) -> Dict[str, float]:
+        if not self.sums:
+            return {}
+        names = list(self.sums)
+        values = torch.stack([self.sums[n].double().reshape(()) for n in names]).cpu()
+        return dict(zip(names, values.tolist()))
+
+    def reset(self):
+        self.sums = {}

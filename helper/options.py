@@ -1,0 +1,119 @@
+"""Command-line flags shared by train_teacher.py and train_student.py, and their validation.
+
+RepDistiller's flag names and defaults are kept (``--batch_size 64 --epochs 240
+--learning_rate 0.05 --lr_decay_epochs 150,180,210 ...``) because that is what researchers type.
+Every validation failure is one line that names the flag and what was expected.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import zlib
+
+import torch
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(parser: argparse.ArgumentParser, message: str):
+    parser.error(message)
+
+
+def add_optimization_arguments(parser: argparse.ArgumentParser):
+    g = parser.add_argument_group("optimisation (RepDistiller defaults)")
+    g.add_argument("--batch_size", type=int, default=64)
+    g.add_argument("--epochs", type=int, default=240)
+    g.add_argument("--learning_rate", type=float, default=None,
+                   help="default 0.05, or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 (RepDistiller)")
+    g.add_argument("--lr_decay_epochs", type=str, default="150,180,210",
+                   help="epochs after which the learning rate is multiplied by --lr_decay_rate")
+    g.add_argument("--lr_decay_rate", type=float, default=0.1)
+    g.add_argument("--weight_decay", type=float, default=5e-4)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--nesterov", action="store_true")
+    g.add_argument("--cosine", action="store_true", help="cosine schedule instead of step decay")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser):
+    g = parser.add_argument_group("run")
+    g.add_argument("--trial", type=str, default="0", help="trial label; also selects the seed")
+    g.add_argument("--seed", type=int, default=0, help="base seed; a trial's seed is seed + trial")
+    g.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (bf16 where supported, else fp16 with a scaler); default on for CUDA")
+    g.add_argument("--print_freq", "--print-freq", type=int, default=100, help="steps between progress lines")
+    g.add_argument("--save_freq", type=int, default=40, help="also keep ckpt_epoch_<n>.pth every n epochs")
+    g.add_argument("--save_dir", type=str, default="./save", help="root of run folders and the teacher manifest")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in its folder from <model>_last.pth")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms (reproducible on GPU, slower)")
+    g.add_argument("--quiet", action="store_true", help="no per-step progress output")
+
+
+def parse_decay_epochs(parser, text: str):
+    try:
+        epochs = [int(t) for t in str(text).split(",") if t.strip() != ""]
+    except ValueError:
+        fail(parser, f"--lr_decay_epochs expects comma-separated integers like 150,180,210, got {text!r}")
+    if any(e < 0 for e in epochs) or epochs != sorted(epochs):
+        fail(parser, f"--lr_decay_epochs must be non-negative and increasing, got {text!r}")
+    return epochs
+
+
+def trial_seed(base_seed: int, trial: str) -> int:
+    """The seed of a trial: base + trial number, or base + a stable hash for non-numeric labels."""
+    trial = str(trial)
+    offset = int(trial) if trial.lstrip("-").isdigit() else zlib.crc32(trial.encode()) % 100_000
+    return base_seed + offset
+
+
+def resolve_device(parser, name):
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        fail(parser, f"--device expects cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(parser, f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def validate_common(parser, args, default_lr: float):
+    """Check and normalise the shared flags in place; returns args."""
+    if args.epochs < 1:
+        fail(parser, f"--epochs must be a positive integer, got {args.epochs}")
+    if args.batch_size < 1:
+        fail(parser, f"--batch_size must be a positive integer, got {args.batch_size}")
+    if args.learning_rate is None:
+        args.learning_rate = default_lr
+    if not args.learning_rate > 0:
+        fail(parser, f"--learning_rate must be positive, got {args.learning_rate}")
+    if args.weight_decay < 0 or args.momentum < 0:
+        fail(parser, "--weight_decay and --momentum must be non-negative")
+    if args.print_freq < 1 or args.save_freq < 1:
+        fail(parser, "--print_freq and --save_freq must be positive integers")
+    args.lr_decay_epochs = parse_decay_epochs(parser, args.lr_decay_epochs)
+    args.device = str(resolve_device(parser, args.device))
+    if args.amp is None:
+        args.amp = args.device.startswith("cuda")
+    args.command = " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+    return args
+
+
+def configure_backend(args):
+    """``--deterministic``: reproducible kernels (slower on GPU); otherwise cuDNN autotuning."""
+    if getattr(args, "deterministic", False):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif str(args.device).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
