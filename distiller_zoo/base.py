@@ -1,0 +1,143 @@
+"""The contracts that let every ensemble strategy work with every distillation loss.
+
+- A ``Distiller`` is one loss between the student and ONE teacher. It is built once per teacher
+  from the actual feature shapes (``BuildContext``), owns its trainable connectors, and returns a
+  ``LossTerm`` whose ``per_sample`` loss has shape ``[B]`` and whose batch mean is the method's
+  usual batch loss.
+- An ``EnsembleStrategy`` turns what it needs (teacher logits, labels, student logits, a term's
+  evidence) into weights ``[M, B]`` with no gradient. A term's loss is
+  ``(1/B) * sum_i sum_m w[m, i] * loss[m, i]``.
+
+Neither knows the other; ``helper/distill.py`` puts them together.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+@dataclass
+class NetOutput:
+    """One network's outputs on one batch."""
+    feats: List[Tensor]                      # stage features, then the pooled vector
+    logits: Tensor                           # [B, C]
+    head: Optional[Callable[[Tensor], Tensor]] = None   # the network's classifier on a last-stage map
+    model: Optional[nn.Module] = None        # the network itself (grafting, stage slices)
+
+
+@dataclass
+class Batch:
+    images: Tensor
+    labels: Tensor
+    index: Optional[Tensor] = None           # sample indices (contrastive losses)
+    epoch: int = 1
+    views: Tuple[Tensor, ...] = ()           # extra augmented views, when a loss asked for them
+
+
+@dataclass
+class BuildContext:
+    """What a distiller may look at when it builds its connectors."""
+    opt: argparse.Namespace                  # resolved command-line options
+    student_shapes: List[Tuple[int, ...]]    # feature shapes without batch (dry forward)
+    teacher_shapes: List[Tuple[int, ...]]
+    num_classes: int
+    num_data: int = 0                        # training-set size (memory banks)
+    teacher_index: int = 0
+    num_teachers: int = 1
+    student: Optional[nn.Module] = None
+    teacher: Optional[nn.Module] = None
+
+
+@dataclass
+class LossTerm:
+    """A distiller's result for one teacher."""
+    per_sample: Tensor                                   # [B]
+    confidence_logits: Optional[Tensor] = None           # [B, C]: CA-MKD weighs by their CE
+    anchor: Optional[Tensor] = None                      # the student tensor the loss reads
+    anchor_grad: Optional[Tensor] = None                 # closed-form d(mean loss)/d(anchor)
+    per_layer: Optional[Tensor] = None                   # [L, B] for multi-layer losses (routing)
+    metrics: dict = field(default_factory=dict)
+
+
+def add_argument_once(parser: argparse.ArgumentParser, *flags, **kwargs):
+    """Several distillers may share a flag (``--feat_dim``); the first registration wins."""
+    existing = {s for action in parser._actions for s in action.option_strings}
+    if not any(flag in existing for flag in flags):
+        parser.add_argument(*flags, **kwargs)
+
+
+class Distiller(nn.Module):
+    """Base class of every ``--distill`` loss (mdistiller's ``Distiller`` idea, per teacher).
+
+    Class attributes a subclass sets:
+      ``kind``: "logit" losses take the ``-a`` slot in place of KD (kd, dkd, ...); "feature"
+      losses take the ``-b`` slot next to KD (hint, attention, ...).
+      ``default_weight``: the method's usual ``-b`` (RepDistiller's scripts), used when ``-b`` is
+      not given.
+      ``needs_preact``: the student's and teachers' features are taken before the last ReLU.
+      ``needs_index``: the loader must yield sample indices.
+    """
+
+    name: str = ""
+    kind: str = "feature"
+    default_weight: Optional[float] = None
+    needs_preact: bool = False
+    needs_index: bool = False
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser):
+        """Add the flags this loss owns (use ``add_argument_once``)."""
+
+    def __init__(self, ctx: BuildContext):
+        super().__init__()
+        self.teacher_index = ctx.teacher_index
+
+    def forward(self, s: NetOutput, t: NetOutput, batch: Batch) -> LossTerm:
+        raise NotImplementedError
+
+    def epoch_begin(self, epoch: int, epochs: int):
+        """Called before every epoch (warm-up ramps, curricula)."""
+
+
+@dataclass
+class EnsembleInputs:
+    """Everything an ensemble strategy may use; all tensors detached."""
+    teacher_logits: Tensor                   # [M, B, C]
+    labels: Tensor                           # [B]
+    student_logits: Tensor                   # [B, C]
+    losses: Tensor                           # [M, B] this term's per-sample losses
+    confidence_logits: Optional[Tensor] = None   # [M, B, C], a term's own confidence evidence
+    gradients: Optional[Callable[[], Tensor]] = None   # -> [M, D]: batch-mean gradient of each
+                                                         # teacher's loss w.r.t. the student anchor
+    is_logit_term: bool = True
+
+
+class EnsembleStrategy:
+    """Base class of every ``--ensemble_method``: ``weights(inputs) -> [M, B]``, no gradient."""
+
+    name: str = ""
+    min_teachers: int = 1
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser):
+        """Add the flags this strategy owns (use ``add_argument_once``)."""
+
+    def __init__(self, opt: Optional[argparse.Namespace] = None):
+        self.opt = opt
+
+    def weights(self, inputs: EnsembleInputs) -> Tensor:
+        raise NotImplementedError
+
+
+def combine(weights: Tensor, losses: Tensor) -> Tensor:
+    """The ensemble loss ``(1/B) sum_i sum_m w[m,i] * loss[m,i]``."""
+    return (weights * losses).sum() / losses.shape[1]
+
+
+def stack_logits(outputs: Sequence[NetOutput]) -> Tensor:
+    return torch.stack([o.logits for o in outputs])

@@ -1,0 +1,1 @@
+"""Multi-teacher ensemble strategies (``--ensemble_method``), one file each."""
