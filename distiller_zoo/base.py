@@ -36,7 +36,9 @@ class Batch:
     labels: Tensor
     index: Optional[Tensor] = None           # sample indices (contrastive losses)
     epoch: int = 1
-    views: Tuple[Tensor, ...] = ()           # extra augmented views, when a loss asked for them
+    # Outputs on the extra augmented views a loss asked for (``Distiller.views``), in that order:
+    # one (student output, [teacher outputs]) pair per view.
+    view_outputs: List[Tuple["NetOutput", List["NetOutput"]]] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Distiller(nn.Module):
     default_weight: Optional[float] = None
     needs_preact: bool = False
     needs_index: bool = False
+    views: Tuple[str, ...] = ()              # extra augmentations (dataset.augment names), e.g. MLKD
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser):
@@ -102,6 +105,17 @@ class Distiller(nn.Module):
 
     def epoch_begin(self, epoch: int, epochs: int):
         """Called before every epoch (warm-up ramps, curricula)."""
+
+    # -- optional connector pre-training (RepDistiller's ``--init_epochs`` for FT, AB, FSP) -----
+    def init_stage_modules(self, student: nn.Module) -> Optional[List[nn.Module]]:
+        """Modules trained by ``init_stage_loss`` before distillation starts, or None (no stage)."""
+        return None
+
+    def init_stage_loss(self, s: "NetOutput", t: "NetOutput", batch: "Batch") -> Tensor:
+        raise NotImplementedError
+
+    def init_stage_lr(self, opt: argparse.Namespace, student: nn.Module) -> float:
+        return opt.learning_rate
 
 
 @dataclass

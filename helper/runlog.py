@@ -77,13 +77,19 @@ class RunLogger:
     """Writes a run folder's logs. With ``enabled=False`` (non-zero ranks) it only prints nothing."""
 
     def __init__(self, run_dir: str, enabled: bool = True, tensorboard: bool = True,
-                 echo: bool = True):
+                 echo: bool = True, fresh: bool = True):
+        """``fresh``: a new run in this folder (not a resume): logs of an earlier run are removed,
+        checkpoints are kept until the new run overwrites them."""
         self.run_dir = run_dir
         self.enabled = enabled
         self.echo = echo
         self._tb = None
         if enabled:
             os.makedirs(run_dir, exist_ok=True)
+            if fresh:
+                for name in os.listdir(run_dir):
+                    if name in ("metrics.jsonl", "summary.json", "log.txt") or name.startswith("events.out.tfevents"):
+                        os.remove(os.path.join(run_dir, name))
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
                 self._tb = SummaryWriter(log_dir=run_dir)

@@ -1,0 +1,72 @@
+"""Shared fixtures: seeded tests, and real teachers trained once per session on digits.
+
+End-to-end tests call the scripts' ``main(argv)`` in-process (no interpreter start-up per run)
+and read what the run wrote.
+"""
+import json
+import os
+
+import pytest
+import torch
+
+import train_student
+import train_teacher
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)
+    yield
+
+
+TEACHER_EPOCHS = 6
+
+
+@pytest.fixture(scope="session")
+def digits_teachers(tmp_path_factory):
+    """A save folder with three resnet8 teachers trained on digits (about 85-90% test accuracy),
+    registered in its manifest as digits-resnet8-0/1/2."""
+    save_dir = str(tmp_path_factory.mktemp("teachers"))
+    torch.manual_seed(0)
+    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", "--epochs", str(TEACHER_EPOCHS),
+                               "--lr_decay_epochs", "4", "--trials", "3", "--save_dir", save_dir, "--quiet",
+                               "--batch_size", "64"])
+    assert code == 0
+    return save_dir
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def student_run_dir(save_dir):
+    """The (single) student run folder under a save folder."""
+    root = os.path.join(save_dir, "students")
+    runs = sorted(os.listdir(root))
+    assert len(runs) == 1, runs
+    return os.path.join(root, runs[0])
+
+
+def run_student(save_dir, *argv):
+    """Run train_student.py in-process on digits with the session's teachers; returns
+    (exit code, run folder or None, metrics list)."""
+    args = ["--dataset", "digits", "--save_dir", save_dir, "--quiet", "--model_s", "resnet8", *argv]
+    code = train_student.main(args)
+    root = os.path.join(save_dir, "students")
+    if code != 0 or not os.path.isdir(root):
+        return code, None, []
+    run_dir = max((os.path.join(root, d) for d in os.listdir(root)), key=os.path.getmtime)
+    return code, run_dir, read_metrics(run_dir)
+
+
+@pytest.fixture
+def student_save_dir(digits_teachers, tmp_path):
+    """A fresh save folder that sees the session's teachers (manifest copied, paths absolute)."""
+    with open(os.path.join(digits_teachers, "manifest.json")) as f:
+        data = json.load(f)
+    for entry in data["teachers"].values():
+        entry["path"] = os.path.join(digits_teachers, entry["path"])
+    with open(tmp_path / "manifest.json", "w") as f:
+        json.dump(data, f)
+    return str(tmp_path)

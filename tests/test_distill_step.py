@@ -1,0 +1,137 @@
+"""The student step: terms built from shapes, strategies x losses, gradients where they belong."""
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distiller_zoo import DISTILLERS, ENSEMBLES
+from distiller_zoo.base import Batch, NetOutput
+from distiller_zoo.KD import kd_loss
+from helper.distill import StudentTask, build_terms, loss_weights
+from helper.teachers import TeacherEnsemble
+from models import model_dict
+
+
+def options(**kw):
+    base = dict(distill="kd", ensemble_method="AVERAGE_LOSS", kd_T=4.0, hint_layer=2, factor=2, convs=False,
+                C=0.6, svm_norm=False, gamma=1.0, alpha=1.0, beta=0.0, distill_decay=False,
+                beta_delay_epochs=0, epochs=10, preact=False)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def make_run(archs=("resnet8", "resnet14", "resnet8x4"), student="resnet8", num_classes=10, seed=0, **kw):
+    torch.manual_seed(seed)
+    teachers = TeacherEnsemble([model_dict[a](num_classes=num_classes) for a in archs], list(archs))
+    s = model_dict[student](num_classes=num_classes)
+    args = options(**kw)
+    terms = build_terms(args, s, teachers, num_classes, num_data=100, image_size=32)
+    return StudentTask(s, teachers, terms, args), args
+
+
+def batch(B=8, num_classes=10, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, 32, 32, generator=g), torch.randint(0, num_classes, (B,), generator=g)
+
+
+@pytest.mark.parametrize("method", ["AVERAGE_LOSS", "EBKD", "CAMKD", "AEKD"])
+@pytest.mark.parametrize("distill", ["kd", "hint", "inter"])
+def test_every_strategy_with_every_issue6_loss(method, distill):
+    task, args = make_run(distill=distill, ensemble_method=method, beta=1.0)
+    task.train_mode()
+    x, y = batch()
+    out = task.step((x, y), epoch=2)
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in task.model.parameters() if p.requires_grad)
+    for t in task.teachers.models:
+        assert all(p.grad is None for p in t.parameters())
+    shares = task.epoch_metrics()
+    assert shares and all(0 <= v <= 1 for v in shares.values())
+
+
+def test_kd_step_equals_hand_computed_objective():
+    task, args = make_run(archs=("resnet8", "resnet14"), distill="kd", ensemble_method="CAMKD",
+                          gamma=0.5, alpha=2.0)
+    task.train_mode()
+    x, y = batch()
+    torch.manual_seed(5)
+    out = task.step((x, y), epoch=1)
+    # independent recomputation with the same module states (BN in train mode, same batch)
+    s_logits = out.logits.detach()
+    with torch.no_grad():
+        t_logits = [t(x) for t in task.teachers.models]
+    ce = torch.stack([F.cross_entropy(t, y, reduction="none") for t in t_logits])
+    w = (1 - torch.softmax(ce, 0)) / (2 - 1)
+    L = torch.stack([kd_loss(s_logits, t, 4.0) for t in t_logits])
+    expected = 0.5 * F.cross_entropy(s_logits, y) + 2.0 * (w * L).sum() / (L.shape[1] * 2)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_camkd_inter_gradients_reach_student_and_embeddings_not_teachers():
+    task, args = make_run(distill="inter", ensemble_method="CAMKD", alpha=0.0, beta=50.0)
+    task.train_mode()
+    before = [{k: v.clone() for k, v in t.state_dict().items()} for t in task.teachers.models]
+    x, y = batch()
+    out = task.step((x, y), epoch=2)
+    out.loss.backward()
+    embeds = [d.embed for d in task.terms[1].distillers]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for e in embeds for p in e.parameters()
+               if p.dim() > 1)
+    assert task.model.conv1.weight.grad.abs().sum() > 0
+    for t, sd in zip(task.teachers.models, before):
+        assert all(p.grad is None for p in t.parameters())
+        assert all(torch.equal(sd[k], v) for k, v in t.state_dict().items())   # BN stats too
+
+
+def test_inter_confidence_uses_student_feature_through_teacher_head():
+    """The CA-MKD weights of the inter term come from CE(teacher_head(embed(student feature)), y)."""
+    task, args = make_run(archs=("resnet8", "resnet14"), distill="inter", ensemble_method="CAMKD")
+    task.model.eval()
+    for term in task.terms:
+        term.eval()
+    x, y = batch()
+    with torch.no_grad():
+        feats, logits = task.model(x, is_feat=True)
+        s_out = NetOutput(feats, logits, task.model.head, task.model)
+        t_outs = task.teachers.outputs(x)
+        loss, weights, results = task.terms[1](s_out, t_outs, Batch(x, y))
+        u = [t.head(d.embed(feats[-2])) for t, d in zip(task.teachers.models, task.terms[1].distillers)]
+        ce = torch.stack([F.cross_entropy(ui, y, reduction="none") for ui in u])
+        expected_w = (1 - torch.softmax(ce, 0)) / 2
+        mse = torch.stack([(d.embed(feats[-2]) - t.feats[-2]).pow(2).flatten(1).mean(1)
+                           for d, t in zip(task.terms[1].distillers, t_outs)])
+    assert torch.allclose(weights, expected_w, atol=1e-6)
+    assert loss.item() == pytest.approx(((expected_w * mse).sum() / len(y)).item(), rel=1e-5)
+
+
+def test_aekd_hint_weights_use_feature_gradients():
+    task, args = make_run(distill="hint", ensemble_method="AEKD", beta=1.0)
+    task.train_mode()
+    x, y = batch()
+    out = task.step((x, y), epoch=2)
+    shares = task.epoch_metrics()
+    assert sum(v for k, v in shares.items() if k.startswith("weight_hint")) == pytest.approx(1.0, abs=1e-5)
+    out.loss.backward()
+
+
+def test_loss_weight_schedule_follows_camkd():
+    args = options(gamma=1.0, alpha=1.0, beta=50.0, epochs=240, beta_delay_epochs=1, distill_decay=True)
+    assert loss_weights(args, 1) == {"gamma": 1.0, "alpha": 1.0, "beta": 0.0}
+    assert loss_weights(args, 120) == {"gamma": 1.0, "alpha": 1.0, "beta": 50.0}
+    w = loss_weights(args, 180)
+    assert w["alpha"] == pytest.approx(60 / 120) and w["gamma"] == pytest.approx(0.5) and w["beta"] == 50.0
+    assert loss_weights(args, 240)["alpha"] == 0.0
+
+
+def test_hint_with_cross_family_teachers():
+    from models import model_dict as md
+    if "vgg8" not in md:
+        pytest.skip("vgg not registered yet")
+    task, args = make_run(archs=("resnet8x4", "vgg8"), student="resnet8", distill="hint", beta=1.0)
+    task.train_mode()
+    x, y = batch()
+    out = task.step((x, y), epoch=3)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)

@@ -1,0 +1,226 @@
+"""Distil one or several teachers into a student (CA-MKD's and RepDistiller's command line).
+
+    python train_student.py --model_s vgg8 --teacher_num 3 --distill inter --ensemble_method CAMKD \\
+        --nesterov -r 1 -a 1 -b 50 --trial 0
+
+Teachers come from the manifest written by train_teacher.py (via ``setting.py``): the first
+``--teacher_num`` teachers registered for the data set, or ``--teachers NAME ...``; or from
+explicit checkpoints ``--path_t PATH ...`` whose architecture is read from the checkpoint, from its
+RepDistiller-style file name, or from ``--model_t``. With one teacher the run is plain
+single-teacher distillation.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from dataset import DataError, add_data_arguments, loaders_from_args
+from distiller_zoo.registry import DISTILLERS, ENSEMBLES
+from helper.checkpoint import ResumeError
+from helper.distill import StudentTask, build_terms, run_init_stage
+from helper.loop import NonFiniteLoss, evaluate, fit
+from helper.manifest import ManifestError, manifest_path, teacher_names
+from helper.options import (OneLineParser, add_optimization_arguments, add_run_arguments, configure_backend,
+                            fail, trial_seed, validate_common)
+from helper.runlog import RunLogger, environment_info
+from helper.teachers import TeacherEnsemble
+from models import build_model, get_model_cfg, imagenet_model_dict, model_dict
+from models.checkpoint import CheckpointError, load_model
+
+
+def build_parser():
+    parser = OneLineParser(description="Distil one or several teachers into a student.")
+    g = parser.add_argument_group("student and teachers")
+    g.add_argument("--model_s", type=str, default="resnet8",
+                   help=f"student architecture: {', '.join(sorted(model_dict))}")
+    g.add_argument("--teacher_num", type=int, default=None,
+                   help="number of teachers (default: those given by --teachers/--path_t, else 1)")
+    g.add_argument("--teachers", nargs="+", default=None, metavar="NAME",
+                   help="teacher names from the manifest / setting.py, e.g. cifar100-resnet32x4-0")
+    g.add_argument("--path_t", "--path-t", nargs="+", default=None, metavar="PATH",
+                   help="teacher checkpoints ({'model': state_dict, ...} or a bare state_dict)")
+    g.add_argument("--model_t", nargs="+", default=None, metavar="ARCH",
+                   help="architecture of each --path_t checkpoint (one for all, or one per path) when "
+                        "neither the checkpoint nor its file name says it")
+    g.add_argument("--skip_validation", "--skip-validation", action="store_true",
+                   help="do not evaluate the teachers before training")
+
+    g = parser.add_argument_group("distillation (CA-MKD / RepDistiller)")
+    g.add_argument("--distill", type=str, default="kd", choices=sorted(DISTILLERS))
+    g.add_argument("--ensemble_method", type=str, default=None, choices=sorted(ENSEMBLES),
+                   help="how teachers are combined (default: CAMKD with several teachers, AVERAGE_LOSS with one)")
+    g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the classification loss (1)")
+    g.add_argument("-a", "--alpha", type=float, default=None, help="weight of the KD / logit loss (1)")
+    g.add_argument("-b", "--beta", type=float, default=None,
+                   help="weight of the feature loss (default: the method's usual weight)")
+    g.add_argument("--distill_decay", action="store_true",
+                   help="decay alpha linearly to 0 over the second half of training (gamma = 1 - alpha)")
+    g.add_argument("--beta_delay_epochs", type=int, default=1,
+                   help="leave the -b term out for this many first epochs (1, as CA-MKD; 0 as RepDistiller)")
+    g.add_argument("--preact", action="store_true", help="use pre-activation features")
+    g.add_argument("--init_epochs", type=int, default=30,
+                   help="epochs of connector pre-training for losses that have one (FT, AB, FSP; RepDistiller: 30)")
+    for cls in list(DISTILLERS.values()) + list(ENSEMBLES.values()):
+        cls.add_arguments(parser)
+
+    add_data_arguments(parser)
+    add_optimization_arguments(parser)
+    add_run_arguments(parser)
+    return parser
+
+
+def resolve_loss_weights(args, log):
+    """Fill -r/-a/-b not given on the command line and say which values are in force."""
+    distill = DISTILLERS[args.distill]
+    notes = []
+    if args.gamma is None:
+        args.gamma = 1.0
+    if args.alpha is None:
+        args.alpha = 1.0
+    if args.beta is None:
+        args.beta = distill.default_weight if distill.kind == "feature" and distill.default_weight is not None else 0.0
+        if distill.kind == "feature":
+            notes.append(f"-b not given: using {args.distill}'s usual weight {args.beta}")
+    log(f"==> loss weights: CE (-r) {args.gamma}, {'KD' if distill.kind == 'feature' else args.distill} (-a) "
+        f"{args.alpha}" + (f", {args.distill} (-b) {args.beta}" if distill.kind == "feature" else "")
+        + ("; " + "; ".join(notes) if notes else ""))
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model_s not in model_dict and args.model_s not in imagenet_model_dict:
+        fail(parser, f"--model_s {args.model_s!r} is not a zoo model; expected one of: {', '.join(sorted(model_dict))}")
+    imagenet = args.dataset == "imagenet"
+    validate_common(parser, args, default_lr=get_model_cfg(args.model_s, imagenet).default_lr)
+    if args.teachers and args.path_t:
+        fail(parser, "give teachers either by --teachers NAME or by --path_t PATH, not both")
+    given = len(args.teachers or args.path_t or [])
+    if args.teacher_num is None:
+        args.teacher_num = given or 1
+    if args.teacher_num < 1:
+        fail(parser, f"--teacher_num must be at least 1, got {args.teacher_num}")
+    if given and given != args.teacher_num:
+        fail(parser, f"--teacher_num {args.teacher_num} does not match the {given} teachers given")
+    if args.model_t and (not args.path_t or len(args.model_t) not in (1, len(args.path_t))):
+        fail(parser, "--model_t needs --path_t and either one architecture or one per path")
+    if args.ensemble_method is None:
+        args.ensemble_method = "CAMKD" if args.teacher_num > 1 else "AVERAGE_LOSS"
+    need = ENSEMBLES[args.ensemble_method].min_teachers
+    if args.teacher_num < need:
+        fail(parser, f"--ensemble_method {args.ensemble_method} needs at least {need} teachers, "
+                     f"got --teacher_num {args.teacher_num}")
+    if args.beta_delay_epochs < 0:
+        fail(parser, f"--beta_delay_epochs must be non-negative, got {args.beta_delay_epochs}")
+    return parser, args
+
+
+def resolve_teachers(parser, args):
+    """[(name, checkpoint path, architecture or None)] for the run's teachers."""
+    import setting
+    if args.path_t:
+        archs = args.model_t or [None]
+        archs = archs * len(args.path_t) if len(archs) == 1 else archs
+        return [(os.path.basename(os.path.dirname(os.path.abspath(p))) or p, p, a)
+                for p, a in zip(args.path_t, archs)]
+    try:
+        known = setting.available_teachers(args.save_dir)
+        if args.teachers:
+            names = args.teachers
+        else:
+            names = teacher_names(known, args.dataset)[:args.teacher_num]
+            if len(names) < args.teacher_num:
+                fail(parser, f"--teacher_num {args.teacher_num}, but only {len(names)} teacher(s) are registered "
+                             f"for {args.dataset} in {manifest_path(args.save_dir)} or setting.py "
+                             f"(train more with train_teacher.py --trials, or pass --path_t)")
+        return [(n, setting.checked_teacher_path(n, args.save_dir), known[n].get("model")) for n in names]
+    except ManifestError as exc:
+        fail(parser, str(exc))
+
+
+def run_name(args, teacher_archs):
+    """CA-MKD's student folder name, with '~' (CA-MKD's Windows separator) instead of ':'."""
+    name = f"S~{args.model_s}_{args.dataset}_{args.distill}_r~{args.gamma}_a~{args.alpha}_b~{args.beta}_{args.trial}"
+    arch_str = "_".join(sorted(set(teacher_archs)))
+    if args.teacher_num > 1:
+        name += f"_{args.teacher_num}_{arch_str}_{args.ensemble_method}"
+        if args.ensemble_method == "AEKD":
+            name += f"_{args.C}" + ("_svmnorm" if args.svm_norm else "")
+    else:
+        name += f"_{arch_str}"
+    return name
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
+    configure_backend(args)
+    seed = trial_seed(args.seed, args.trial)
+    torch.manual_seed(seed)
+    imagenet = args.dataset == "imagenet"
+    teacher_specs = resolve_teachers(parser, args)
+    distill_cls = DISTILLERS[args.distill]
+    views = ("standard",) + tuple(v for v in distill_cls.views if v != "standard")
+    try:
+        loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
+                                    with_index=distill_cls.needs_index, views=views)
+        spec = loaders.spec
+        teacher_models = [load_model(path, arch=arch, num_classes=spec.num_classes, imagenet=imagenet)
+                          for _, path, arch in teacher_specs]
+    except (DataError, CheckpointError) as exc:
+        print(f"train_student.py: error: {exc}", file=sys.stderr)
+        return 2
+    teachers = TeacherEnsemble(teacher_models, [n for n, _, _ in teacher_specs]).to(args.device)
+    student = build_model(args.model_s, spec.num_classes, imagenet=imagenet).to(args.device)
+
+    run_dir = os.path.join(args.save_dir, "students", run_name(args, [m.arch for m in teacher_models]))
+    run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume)
+    resolve_loss_weights(args, run.info)
+    try:
+        terms = build_terms(args, student, teachers, spec.num_classes, spec.num_train, spec.image_size)
+    except ValueError as exc:
+        print(f"train_student.py: error: --distill {args.distill}: {exc}", file=sys.stderr)
+        return 2
+    terms.to(args.device)
+
+    run.info(f"==> student {args.model_s} on {spec.name} ({spec.num_classes} classes), {len(teachers)} teacher(s): "
+             + ", ".join(f"{n} ({m.arch})" for n, m in zip(teachers.names, teacher_models))
+             + f"; --distill {args.distill}, --ensemble_method {args.ensemble_method}; seed {seed}; "
+               f"device {args.device}; amp {'on' if args.amp else 'off'} -> {run_dir}")
+    teacher_report = {}
+    if not args.skip_validation:
+        ev = evaluate(teacher_models, loaders.test, args.device, args.amp)
+        teacher_report = {"teacher_acc": ev["top1"], "teacher_names": teachers.names}
+        for name, acc in zip(teachers.names, ev["top1"]):
+            run.info(f"    teacher {name}: test acc {acc:.2f}")
+        if len(teacher_models) > 1:
+            teacher_report["ensemble_acc"] = ev["ensemble_top1"]
+            run.info(f"    teachers' ensemble (averaged probabilities): test acc {ev['ensemble_top1']:.2f}")
+
+    run.write_config(dict(vars(args), seed_used=seed, teacher_paths=[p for _, p, _ in teacher_specs],
+                          teacher_archs=[m.arch for m in teacher_models], **teacher_report),
+                     dict(environment_info(args.device), seed=seed, trial=args.trial))
+    task = StudentTask(student, teachers, terms, args)
+    if not args.resume:
+        run_init_stage(task, loaders.train, args, run.info)
+    optimizer = torch.optim.SGD(task.trainable().parameters(), lr=args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    meta = {"arch": args.model_s, "num_classes": spec.num_classes, "dataset": spec.name, "trial": args.trial,
+            "distill": args.distill, "ensemble_method": args.ensemble_method, "seed": seed,
+            "teachers": teachers.names, "teacher_archs": [m.arch for m in teacher_models]}
+    try:
+        summary = fit(task, optimizer, loaders, args, run, meta)
+    except (NonFiniteLoss, ResumeError) as exc:
+        print(f"train_student.py: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        run.close()
+    run.info(f"==> student {args.model_s}: best test acc {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
+             f"last {summary['last_acc']:.2f}" + (f"; teachers {', '.join(f'{a:.2f}' for a in teacher_report['teacher_acc'])}"
+                                                  if teacher_report else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
