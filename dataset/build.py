@@ -1,0 +1,118 @@
+"""From flags to loaders: ``add_data_arguments``, ``build_loaders``, ``loaders_from_args``.
+
+``build_loaders`` returns ``Loaders(train, test, val, spec)``. The training loader shuffles and
+augments (``views``); the test and validation loaders serve every sample once, in order, with the
+'none' view. In a distributed run only the training loader is sharded: every rank evaluates the
+whole test set, which keeps accuracy exact (``DistributedSampler``-style padding would count a few
+test images twice) at the cost of redundant evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from .base import DataOptions, DataSpec, TensorData, dataset_names, get_entry, get_spec, \
+    make_options, stratified_holdout
+from .loader import BaseLoader, DeviceLoader
+
+
+@dataclass
+class Loaders:
+    train: BaseLoader
+    test: BaseLoader
+    val: Optional[BaseLoader]
+    spec: DataSpec
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the data flags (choices of ``--dataset`` come from the registry)."""
+    d = DataOptions()
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default="cifar100", choices=list(dataset_names()),
+                   help="data set (default: %(default)s)")
+    g.add_argument("--data_folder", default=d.data_folder,
+                   help="where data sets live / are downloaded to (default: %(default)s)")
+    g.add_argument("--no-download", dest="download", action="store_false",
+                   help="never download; a missing data set is an error")
+    g.add_argument("--synthetic_train", type=int, default=d.synthetic_train,
+                   help="synthetic: training images (default: %(default)s)")
+    g.add_argument("--synthetic_test", type=int, default=d.synthetic_test,
+                   help="synthetic: test images (default: %(default)s)")
+    g.add_argument("--synthetic_classes", type=int, default=d.synthetic_classes,
+                   help="synthetic: classes (default: %(default)s)")
+    g.add_argument("--synthetic_size", type=int, default=d.synthetic_size,
+                   help="synthetic: image side in pixels (default: %(default)s)")
+    g.add_argument("--val_split", type=int, default=d.val_split,
+                   help="hold out this many training images per class as a validation set "
+                        "(default: %(default)s)")
+    g.add_argument("--num_workers", type=int, default=d.num_workers,
+                   help="decoding worker processes, ImageNet folders only (default: %(default)s)")
+    g.add_argument("--drop_last", action="store_true",
+                   help="drop the last incomplete training batch of each epoch")
+    return parser
+
+
+def build_loaders(name: str, *, batch_size: int, device, seed: int, with_index: bool = False,
+                  views: Sequence[str] = ("standard",), rank: int = 0, world_size: int = 1,
+                  test_batch_size: Optional[int] = None, options: Optional[DataOptions] = None,
+                  **option_overrides) -> Loaders:
+    """Build the training, test and (with ``val_split > 0``) validation loaders of ``name``.
+
+    Data options (``data_folder``, ``download``, ``val_split``, ``drop_last``, ``synthetic_*``,
+    ``num_workers``, ``url``/``md5`` ...) come from ``options`` and/or keyword overrides; see
+    ``DataOptions``. ``seed`` drives shuffling and augmentation (with the epoch), not the data:
+    the validation hold-out and synthetic images use the data seeds in ``DataOptions``.
+    ``test_batch_size`` defaults to ``batch_size`` (evaluation results do not depend on it)."""
+    entry = get_entry(name)
+    opts = make_options(options, **option_overrides)
+    test_batch_size = batch_size if test_batch_size is None else test_batch_size
+    source = entry.build(opts)
+    kw = dict(batch_size=batch_size, test_batch_size=test_batch_size, device=device, seed=seed,
+              with_index=with_index, views=views, rank=rank, world_size=world_size)
+    if isinstance(source, TensorData):
+        return tensor_loaders(source, options=opts, **kw)
+    return source.make_loaders(options=opts, **kw)
+
+
+def tensor_loaders(data: TensorData, *, options: DataOptions, batch_size: int, test_batch_size: int,
+                   device, seed: int, with_index: bool, views, rank: int, world_size: int) -> Loaders:
+    """Device-resident loaders over an in-memory data set (copied to ``device`` once)."""
+    device = torch.device(device)
+    keep, held = stratified_holdout(data.train_labels.numpy(), options.val_split, options.split_seed)
+    xtr, ytr = data.train_images.to(device), data.train_labels.to(device)
+    xte, yte = data.test_images.to(device), data.test_labels.to(device)
+    train = DeviceLoader(xtr, ytr, data.spec, batch_size=batch_size, device=device, seed=seed,
+                         shuffle=True, views=views, with_index=with_index,
+                         drop_last=options.drop_last, rank=rank, world_size=world_size,
+                         source_indices=torch.as_tensor(keep), role="training")
+    test = DeviceLoader(xte, yte, data.spec, batch_size=test_batch_size, device=device, seed=seed,
+                        shuffle=False, views=("none",), role="test")
+    val = DeviceLoader(xtr, ytr, data.spec, batch_size=test_batch_size, device=device, seed=seed,
+                       shuffle=False, views=("none",), source_indices=torch.as_tensor(held),
+                       role="validation") if len(held) else None
+    return Loaders(train, test, val, data.spec)
+
+
+def options_from_args(args: argparse.Namespace) -> DataOptions:
+    """The ``DataOptions`` named by parsed flags (missing attributes keep their defaults)."""
+    d = DataOptions()
+    return DataOptions(**{k: getattr(args, k, v) for k, v in d.__dict__.items()})
+
+
+def loaders_from_args(args: argparse.Namespace, *, batch_size: int, device, seed: int,
+                      with_index: bool = False, views: Sequence[str] = ("standard",),
+                      rank: int = 0, world_size: int = 1,
+                      test_batch_size: Optional[int] = None) -> Loaders:
+    """``build_loaders`` for the flags added by ``add_data_arguments``."""
+    return build_loaders(getattr(args, "dataset", "cifar100"), batch_size=batch_size,
+                         device=device, seed=seed, with_index=with_index, views=views, rank=rank,
+                         world_size=world_size, test_batch_size=test_batch_size,
+                         options=options_from_args(args))
+
+
+def spec_from_args(args: argparse.Namespace) -> DataSpec:
+    """The spec for parsed flags, without loading the data."""
+    return get_spec(getattr(args, "dataset", "cifar100"), options_from_args(args))

@@ -1,0 +1,70 @@
+"""``digits``: the embedded offline default -- scikit-learn's ``load_digits()`` as CIFAR-shaped data.
+
+scikit-learn ships these 1,797 real 8x8 handwritten digits (10 classes, 0..16 grey levels) inside
+the package, so every install can train and test end to end with no network and no data folder.
+
+Presentation (fixed; changing it would change every number measured on it):
+
+- grey level ``v`` in 0..16 -> uint8 ``(255*v + 8) // 16`` (round half up, integer arithmetic);
+- 8x8 -> 32x32 by **nearest-neighbour x4** (each pixel becomes a 4x4 block). Chosen over bilinear
+  because it is exact integer copying (identical on every platform and library version, no
+  interpolation convention to pin down), keeps the pixel histogram (so the train mean/std equal
+  those of the 8x8 images), and makes the standard 4-pixel crop a shift of exactly one original
+  pixel;
+- the grey image is replicated to 3 channels so CIFAR models apply unchanged.
+
+Split (fixed forever, no random generator involved): within each class, take its samples in the
+order of ``load_digits()``; the ones at positions 4, 9, 14, ... (position % 5 == 4) form the test
+set, the rest the training set. That is a stratified ~80/20 split: 1,442 train / 355 test images.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import DataError, DataOptions, DataSpec, TensorData, register_dataset
+
+# Mean and (population) std of all training-split pixels in [0,1] units; identical for the three
+# channels. tests/test_data_sets.py recomputes them.
+DIGITS_MEAN = 0.305183
+DIGITS_STD = 0.375994
+DIGITS_SPEC = DataSpec("digits", 10, 32, 3, (DIGITS_MEAN,) * 3, (DIGITS_STD,) * 3, 1442, 355)
+
+
+def digits_split(target: np.ndarray):
+    """(train positions, test positions) of the fixed split described in the module docstring."""
+    test = np.zeros(len(target), dtype=bool)
+    for c in np.unique(target):
+        idx = np.flatnonzero(target == c)
+        test[idx[4::5]] = True
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def digits_images(raw: np.ndarray) -> np.ndarray:
+    """float 0..16 ``[N, 8, 8]`` -> uint8 ``[N, 3, 32, 32]`` (scale, nearest x4, 3 channels)."""
+    v = np.rint(raw).astype(np.int64)
+    if v.min() < 0 or v.max() > 16:
+        raise DataError(f"digits grey levels must lie in 0..16, got {v.min()}..{v.max()}")
+    u8 = ((255 * v + 8) // 16).astype(np.uint8)
+    big = u8.repeat(4, axis=1).repeat(4, axis=2)
+    return np.ascontiguousarray(np.broadcast_to(big[:, None], (len(big), 3, 32, 32)))
+
+
+def load_digits_data() -> TensorData:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("the digits data set needs scikit-learn: pip install scikit-learn") \
+            from None
+    d = load_digits()
+    images, target = digits_images(d.images), np.asarray(d.target, dtype=np.int64)
+    tr, te = digits_split(target)
+    return TensorData(DIGITS_SPEC, torch.from_numpy(images[tr]), torch.from_numpy(target[tr]),
+                      torch.from_numpy(images[te]), torch.from_numpy(target[te]),
+                      tuple(str(n) for n in d.target_names))
+
+
+@register_dataset("digits", spec=DIGITS_SPEC)
+def build_digits(options: DataOptions) -> TensorData:
+    """scikit-learn's 8x8 digits as 3x32x32 images (offline, 1,442 train / 355 test)."""
+    return load_digits_data()

@@ -1,0 +1,143 @@
+"""The device-side augmentation: exact pixels against a plain-numpy reference, uniformity of the
+81 crop offsets and the flip (RepDistiller's RandomCrop(32, padding=4) + RandomHorizontalFlip),
+normalisation, and the augmentation registry."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+import dataset
+from dataset import DataError, DataSpec, DeviceLoader
+from dataset.augment import AUGMENTATIONS, crop_flip, crop_flip_params, register_augmentation
+
+PAD = 4
+
+
+def reference(img: np.ndarray, top: int, left: int, flip: bool) -> np.ndarray:
+    """torchvision's recipe on one CHW uint8 image: zero-pad 4, crop 32x32 at (top, left), mirror."""
+    padded = np.pad(img, ((0, 0), (PAD, PAD), (PAD, PAD)), mode="constant", constant_values=0)
+    out = padded[:, top:top + img.shape[1], left:left + img.shape[2]]
+    return out[:, :, ::-1] if flip else out
+
+
+def test_crop_flip_matches_numpy_for_every_offset_and_flip():
+    g = torch.Generator().manual_seed(0)
+    combos = [(t, l, f) for t in range(9) for l in range(9) for f in (False, True)]
+    images = torch.randint(0, 256, (len(combos), 3, 32, 32), generator=g, dtype=torch.uint8)
+    top, left, flip = (torch.tensor(c) for c in zip(*combos))
+    out = crop_flip(images, top, left, flip)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    for i, (t, l, f) in enumerate(combos):
+        assert np.array_equal(out[i].numpy(), reference(images[i].numpy(), t, l, f)), (t, l, f)
+
+
+def test_seeded_standard_augmentation_is_a_valid_crop_with_known_pixels():
+    images = torch.randint(0, 256, (16, 3, 32, 32), generator=torch.Generator().manual_seed(1),
+                           dtype=torch.uint8)
+    out = AUGMENTATIONS["standard"](images, torch.Generator().manual_seed(123))
+    assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    # the same seed gives the same parameters (drawn in the documented order) ...
+    top, left, flip = crop_flip_params(16, torch.Generator().manual_seed(123))
+    for i in range(16):
+        ref = reference(images[i].numpy(), int(top[i]), int(left[i]), bool(flip[i]))
+        assert np.array_equal(np.rint(out[i].numpy() * 255).astype(np.uint8), ref)
+        # ... and, independently of the parameters, the output is exactly one crop/flip candidate
+        matches = [(t, l, f) for t in range(9) for l in range(9) for f in (False, True)
+                   if np.array_equal(np.rint(out[i].numpy() * 255), reference(images[i].numpy(), t, l, f))]
+        assert len(matches) == 1
+    again = AUGMENTATIONS["standard"](images, torch.Generator().manual_seed(123))
+    assert torch.equal(out, again)
+
+
+@pytest.fixture
+def one_thread():
+    """Thousands of tiny-batch calls: on a loaded 2-core machine every OpenMP parallel region can
+    wait a whole scheduler time slice for its second thread, so run them single-threaded (this
+    test is about statistics, not speed)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_offsets_and_flips_are_uniform(one_thread):
+    """Recover (top, left, flip) from augmented position-encoding images; chi-square on 162 cells."""
+    ys, xs = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    probe = torch.stack([ys + 1, xs + 1, torch.zeros_like(ys)]).to(torch.uint8)  # 0 = padding
+    batch, draws = 8, 4000
+    images = probe.expand(batch, 3, 32, 32).contiguous()
+    g = torch.Generator().manual_seed(2024)
+    fn = AUGMENTATIONS["standard"]
+    # keep only the two centre pixels of channels 0-1 of each output, decode in numpy afterwards
+    centre = np.stack([fn(images, g)[:, :2, 16, 16:18].numpy() for _ in range(draws)])
+    centre = np.rint(centre.reshape(-1, 2, 2) * 255).astype(np.int64)
+    src_row = centre[:, 0, 0] - 1                       # the centre is never padding
+    src_col = centre[:, 1, 0] - 1
+    flipped = centre[:, 1, 1] < centre[:, 1, 0]
+    top = src_row - 16 + PAD
+    left = np.where(flipped, src_col - (31 - 16) + PAD, src_col - 16 + PAD)
+    counts = np.zeros((9, 9, 2), dtype=np.int64)
+    np.add.at(counts, (top, left, flipped.astype(np.int64)), 1)
+    assert counts.sum() == batch * draws and counts.min() > 0
+    assert chisquare(counts.ravel()).pvalue > 1e-4
+    assert chisquare(counts.sum(axis=(1, 2))).pvalue > 1e-4       # rows
+    assert chisquare(counts.sum(axis=(0, 2))).pvalue > 1e-4       # columns
+    assert abs(counts[..., 1].sum() / counts.sum() - 0.5) < 0.01
+
+
+def _loader(images, views, mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4), **kw):
+    spec = DataSpec("t", 10, images.shape[-1], 3, mean, std, len(images), 0)
+    labels = torch.arange(len(images)) % 10
+    return DeviceLoader(images, labels, spec, batch_size=len(images), device="cpu", seed=0,
+                        shuffle=False, views=views, **kw)
+
+
+def test_normalisation_is_x_over_255_minus_mean_over_std():
+    images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(3),
+                           dtype=torch.uint8)
+    x, _ = next(iter(_loader(images, ("none",))))
+    mean = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64).view(1, 3, 1, 1)
+    expected = (images.double() / 255 - mean) / std
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(x.double(), expected, rtol=0, atol=1e-6)
+
+
+def test_padding_is_black_before_normalisation():
+    images = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)
+    x, _ = next(iter(_loader(images, ("standard",))))
+    mean = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.3, 0.4]).view(1, 3, 1, 1)
+    values = torch.unique(torch.round((x * std + mean) * 255))
+    assert values.tolist() == [0.0, 255.0]                  # padded pixels are 0, nothing else
+
+
+def test_registering_a_view_is_one_function():
+    @register_augmentation("test_invert")
+    def invert(images, generator):
+        return 1 - images.float() / 255
+    try:
+        assert "test_invert" in dataset.augmentation_names()
+        images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+        (a, b), _ = next(iter(_loader(images, ("none", "test_invert"), mean=(0.5,) * 3,
+                                      std=(0.5,) * 3)))
+        torch.testing.assert_close(a, -b)
+        with pytest.raises(ValueError, match="registered twice"):
+            register_augmentation("test_invert")(invert)
+    finally:
+        AUGMENTATIONS.pop("test_invert")
+
+
+def test_unknown_view_is_a_one_line_error():
+    with pytest.raises(DataError, match=r"unknown view/augmentation 'strongest'.*standard"):
+        _loader(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), ("strongest",))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_cuda_augment_identically():
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    cpu = AUGMENTATIONS["standard"](images, torch.Generator().manual_seed(5))
+    gpu = AUGMENTATIONS["standard"](images.cuda(), torch.Generator().manual_seed(5))
+    assert torch.equal(cpu, gpu.cpu())
