@@ -178,7 +178,8 @@ def main(argv=None):
     run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume)
     resolve_loss_weights(args, run.info)
     try:
-        terms = build_terms(args, student, teachers, spec.num_classes, spec.num_train, spec.image_size)
+        terms = build_terms(args, student, teachers, spec.num_classes, loaders.train.num_samples, spec.image_size,
+                            train_labels=loaders.train.labels)
     except ValueError as exc:
         print(f"train_student.py: error: --distill {args.distill}: {exc}", file=sys.stderr)
         return 2

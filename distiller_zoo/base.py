@@ -49,6 +49,7 @@ class BuildContext:
     teacher_shapes: List[Tuple[int, ...]]
     num_classes: int
     num_data: int = 0                        # training-set size (memory banks)
+    train_labels: Optional[Tensor] = None    # labels of the training set by index (negative sampling)
     teacher_index: int = 0
     num_teachers: int = 1
     student: Optional[nn.Module] = None

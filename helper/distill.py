@@ -65,7 +65,7 @@ class DistillTerm(nn.Module):
 
 
 def build_terms(args, student: nn.Module, teachers: TeacherEnsemble, num_classes: int, num_data: int,
-                image_size: int) -> nn.ModuleList:
+                image_size: int, train_labels=None) -> nn.ModuleList:
     """Build the run's terms from ``--distill`` and ``--ensemble_method`` (after a dry forward)."""
     distill_cls = DISTILLERS[args.distill]
     kd_cls = DISTILLERS["kd"]
@@ -75,7 +75,8 @@ def build_terms(args, student: nn.Module, teachers: TeacherEnsemble, num_classes
 
     def make(cls):
         return [cls(BuildContext(opt=args, student_shapes=s_shapes, teacher_shapes=t_shapes[m],
-                                 num_classes=num_classes, num_data=num_data, teacher_index=m,
+                                 num_classes=num_classes, num_data=num_data, train_labels=train_labels,
+                                 teacher_index=m,
                                  num_teachers=M, student=student, teacher=teachers.models[m]))
                 for m in range(M)]
 
