@@ -151,9 +151,12 @@ class StudentTask(Task):
         for term in self.terms:
             if w[term.slot] == 0:
                 continue
-            loss, weights, _ = term(s_out, t_outs, b)
+            loss, weights, results = term(s_out, t_outs, b)
             total = total + w[term.slot] * loss
             metrics[f"loss_{term.key}"] = loss.detach()
+            for m, r in enumerate(results):       # a distiller's own figures (e.g. a learned temperature)
+                for name, value in r.metrics.items():
+                    metrics[f"{term.key}_t{m}_{name}"] = torch.as_tensor(value).detach().float()
             share = weights.mean(1)
             self._accumulate(term.key, share / share.sum().clamp_min(1e-12))
         self._steps += 1
