@@ -67,3 +67,27 @@ def resize_to(x, size):
     if x.shape[-2] >= size[0]:
         return F.adaptive_avg_pool2d(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class LinearEmbed(nn.Module):
+    """A linear embedding of a feature (flattened per sample) to ``dim_out`` dimensions, no
+    normalisation: RepDistiller's embedding for CC (``--distill correlation``)."""
+
+    def __init__(self, dim_in, dim_out=128):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def full_precision(x):
+    """Half or bfloat16 tensors (AMP) up to float32; float32 and float64 unchanged. Losses built on
+    normalisations, logarithms or decompositions run on these inputs under ``no_autocast``."""
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
+
+def no_autocast(x):
+    """A context without autocast on ``x``'s device (a no-op outside AMP)."""
+    import torch
+    return torch.autocast(device_type=x.device.type, enabled=False)
