@@ -1,0 +1,163 @@
+"""train_teacher.py end to end: several trials, manifest, setting.py, resume, NaN guard, bad flags."""
+import json
+import os
+
+import pytest
+import torch
+
+import setting
+import train_teacher
+from helper.loop import ClassifierTask, StepOutput
+from helper.manifest import ManifestError, add_teacher, manifest_path, read_manifest
+from models.checkpoint import load_model
+
+from conftest import TEACHER_EPOCHS, read_metrics
+
+QUICK = ["--model", "resnet8", "--dataset", "digits", "--quiet", "--batch_size", "128"]
+
+
+def test_three_seeds_train_register_and_load(digits_teachers):
+    teachers = read_manifest(manifest_path(digits_teachers))
+    assert sorted(teachers) == ["digits-resnet8-0", "digits-resnet8-1", "digits-resnet8-2"]
+    names = setting.teacher_names(setting.available_teachers(digits_teachers), "digits")
+    assert names == ["digits-resnet8-0", "digits-resnet8-1", "digits-resnet8-2"]
+    weights = []
+    for name in names:
+        entry = teachers[name]
+        path = setting.checked_teacher_path(name, digits_teachers)
+        model = load_model(path)                       # architecture from the checkpoint
+        assert model.arch == "resnet8"
+        assert entry["best_acc"] > 50.0                 # digits: 10 classes, chance is 10%
+        weights.append(model.conv1.weight)
+        run_dir = os.path.dirname(path)
+        metrics = read_metrics(run_dir)
+        assert [m["epoch"] for m in metrics] == list(range(1, TEACHER_EPOCHS + 1))
+        assert metrics[-1]["test_acc"] > metrics[0]["test_acc"]
+        with open(os.path.join(run_dir, "args.json")) as f:
+            assert json.load(f)["model"] == "resnet8"
+        assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir))
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+        assert summary["status"] == "finished" and summary["best_acc"] == pytest.approx(entry["best_acc"])
+    assert not torch.equal(weights[0], weights[1])      # trials have different seeds
+
+
+def test_run_folder_uses_repdistiller_naming(digits_teachers):
+    folders = sorted(os.listdir(os.path.join(digits_teachers, "teachers")))
+    assert folders[0] == "resnet8_digits_lr_0.05_decay_0.0005_trial_0"
+    assert os.path.isfile(os.path.join(digits_teachers, "teachers", folders[0], "resnet8_best.pth"))
+    ckpt = torch.load(os.path.join(digits_teachers, "teachers", folders[0], "resnet8_last.pth"),
+                      weights_only=True)
+    assert {"model", "epoch", "best_acc", "optimizer"} <= set(ckpt)
+    assert ckpt["epoch"] == TEACHER_EPOCHS and ckpt["arch"] == "resnet8"
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(monkeypatch, epoch, at_step):
+    original = ClassifierTask.step
+    calls = {"n": 0}
+
+    def interrupted_step(self, batch, e):
+        if e == epoch:
+            calls["n"] += 1
+            if calls["n"] == at_step:
+                raise Interrupt()
+        return original(self, batch, e)
+    monkeypatch.setattr(ClassifierTask, "step", interrupted_step)
+
+
+def _final_state(save_dir):
+    path = os.path.join(save_dir, "teachers", "resnet8_digits_lr_0.05_decay_0.0005_trial_0", "resnet8_last.pth")
+    return torch.load(path, weights_only=True)
+
+
+def test_resume_gives_bit_identical_weights(tmp_path, monkeypatch):
+    args = QUICK + ["--epochs", "3", "--lr_decay_epochs", "2"]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert train_teacher.main(args + ["--save_dir", a]) == 0
+
+    with monkeypatch.context() as m:
+        _interrupt_at(m, epoch=3, at_step=4)
+        with pytest.raises(Interrupt):
+            train_teacher.main(args + ["--save_dir", b])
+    assert _final_state(b)["epoch"] == 2                       # the last good checkpoint stays
+    assert train_teacher.main(args + ["--save_dir", b, "--resume"]) == 0
+
+    sa, sb = _final_state(a), _final_state(b)
+    assert sb["epoch"] == 3
+    for key, value in sa["model"].items():
+        assert torch.equal(value, sb["model"][key]), key
+    ma = read_metrics(os.path.dirname(manifest_path(a)) + "/teachers/resnet8_digits_lr_0.05_decay_0.0005_trial_0")
+    mb = read_metrics(os.path.dirname(manifest_path(b)) + "/teachers/resnet8_digits_lr_0.05_decay_0.0005_trial_0")
+    assert [r["epoch"] for r in mb] == [1, 2, 3]
+    assert [r["test_acc"] for r in ma] == [r["test_acc"] for r in mb]
+
+
+def test_non_finite_loss_stops_cleanly(tmp_path, monkeypatch, capsys):
+    original = ClassifierTask.step
+    counter = {"n": 0}
+
+    def step(self, batch, epoch):
+        out = original(self, batch, epoch)
+        if epoch == 2:
+            counter["n"] += 1
+            if counter["n"] == 3:
+                return StepOutput(out.loss * float("nan"), out.logits, out.labels)
+        return out
+    monkeypatch.setattr(ClassifierTask, "step", step)
+    save = str(tmp_path)
+    code = train_teacher.main(QUICK + ["--epochs", "3", "--save_dir", save])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "non-finite training loss at epoch 2, step 3" in err and len(err.strip().splitlines()) == 1
+    assert _final_state(save)["epoch"] == 1
+    assert read_manifest(manifest_path(save)) == {}            # an unfinished teacher is not registered
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "resnet9000"], "--model 'resnet9000'"),
+    (["--lr_decay_epochs", "150,x"], "--lr_decay_epochs"),
+    (["--lr_decay_epochs", "180,150"], "increasing"),
+    (["--epochs", "-3"], "--epochs must be a positive integer"),
+    (["--trials", "0,0"], "--trials"),
+    (["--dataset", "mnist"], "--dataset"),
+    (["--device", "tpu"], "--device"),
+])
+def test_bad_flags_give_one_line_errors(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_teacher.main(["--dataset", "digits"] + argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_missing_data_folder_is_one_line(tmp_path, capsys):
+    code = train_teacher.main(["--dataset", "cifar100", "--data_folder", str(tmp_path / "nowhere"),
+                               "--no-download", "--epochs", "1", "--save_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "nowhere" in err and len(err.splitlines()) == 1
+
+
+def test_setting_reports_stale_and_unknown_teachers(tmp_path):
+    ckpt = tmp_path / "gone.pth"
+    ckpt.write_bytes(b"x")
+    add_teacher(manifest_path(str(tmp_path)), model="resnet8", dataset="digits", trial=0,
+                checkpoint=str(ckpt), best_acc=90.0)
+    assert setting.checked_teacher_path("digits-resnet8-0", str(tmp_path)) == str(ckpt)
+    ckpt.unlink()
+    with pytest.raises(ManifestError, match="no longer exists"):
+        setting.checked_teacher_path("digits-resnet8-0", str(tmp_path))
+    with pytest.raises(ManifestError, match="not in"):
+        setting.checked_teacher_path("digits-resnet8-7", str(tmp_path))
+
+
+def test_manual_teachers_in_setting_are_listed(tmp_path, monkeypatch):
+    monkeypatch.setattr(setting, "MANUAL_TEACHERS", {
+        "cifar100-resnet32x4-0": {"path": str(tmp_path / "r.pth"), "model": "resnet32x4", "dataset": "cifar100"}})
+    teachers = setting.available_teachers(str(tmp_path))
+    assert setting.teacher_names(teachers, "cifar100") == ["cifar100-resnet32x4-0"]
+    with pytest.raises(ManifestError, match="setting.py"):
+        setting.checked_teacher_path("cifar100-resnet32x4-0", str(tmp_path))
