@@ -19,7 +19,7 @@ def _seed_everything():
     yield
 
 
-TEACHER_EPOCHS = 6
+TEACHER_EPOCHS = 8
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,7 @@ def digits_teachers(tmp_path_factory):
     save_dir = str(tmp_path_factory.mktemp("teachers"))
     torch.manual_seed(0)
     code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", "--epochs", str(TEACHER_EPOCHS),
-                               "--lr_decay_epochs", "4", "--trials", "3", "--save_dir", save_dir, "--quiet",
+                               "--lr_decay_epochs", "6", "--trials", "3", "--save_dir", save_dir, "--quiet",
                                "--batch_size", "64"])
     assert code == 0
     return save_dir

@@ -1,0 +1,136 @@
+"""train_student.py end to end on digits with real teachers: every strategy learns, resume is
+bit-identical, bad input gives one-line errors."""
+import json
+import os
+
+import pytest
+import torch
+
+import train_student
+from helper.distill import StudentTask
+from models import model_dict
+
+from conftest import read_metrics, run_student
+
+FAST = ["--epochs", "4", "--lr_decay_epochs", "3", "--batch_size", "32"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, distill", [("AVERAGE_LOSS", "kd"), ("EBKD", "kd"), ("AEKD", "kd"),
+                                             ("CAMKD", "inter")])
+def test_each_strategy_trains_a_student_far_above_chance(student_save_dir, method, distill):
+    code, run_dir, metrics = run_student(student_save_dir, "--teacher_num", "3", "--ensemble_method", method,
+                                         "--distill", distill, *FAST)
+    assert code == 0
+    assert metrics[-1]["test_acc"] > 50.0                      # 10 classes: chance is 10%
+    with open(os.path.join(run_dir, "args.json")) as f:
+        args = json.load(f)
+    assert len(args["teacher_acc"]) == 3 and args["ensemble_acc"] > 50.0
+    assert os.path.basename(run_dir).endswith(f"_3_resnet8_{method}" + ("_0.6" if method == "AEKD" else ""))
+    if method != "AVERAGE_LOSS":                                # weights are logged per teacher
+        shares = [metrics[-1][f"weight_kd_t{m}"] for m in range(3)]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-4)
+    ckpt = torch.load(os.path.join(run_dir, "resnet8_best.pth"), weights_only=True)
+    assert ckpt["teachers"] == ["digits-resnet8-0", "digits-resnet8-1", "digits-resnet8-2"]
+
+
+def test_single_teacher_is_plain_distillation(student_save_dir):
+    code, run_dir, metrics = run_student(student_save_dir, "--epochs", "1", "--batch_size", "128")
+    assert code == 0
+    with open(os.path.join(run_dir, "args.json")) as f:
+        args = json.load(f)
+    assert args["teacher_num"] == 1 and args["ensemble_method"] == "AVERAGE_LOSS"
+    assert os.path.basename(run_dir) == "S~resnet8_digits_kd_r~1.0_a~1.0_b~0.0_0_resnet8"
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_student_resume_is_bit_identical(student_save_dir, tmp_path, monkeypatch):
+    """Includes the hint regressors (extra modules) and the optimizer's state for them."""
+    args = ["--teacher_num", "2", "--ensemble_method", "CAMKD", "--distill", "hint", "--epochs", "3",
+            "--batch_size", "128", "--beta_delay_epochs", "0"]
+    save_b = str(tmp_path / "b")
+    os.makedirs(save_b)
+    with open(os.path.join(student_save_dir, "manifest.json")) as f:
+        manifest = f.read()
+    with open(os.path.join(save_b, "manifest.json"), "w") as f:
+        f.write(manifest)
+    code, run_a, _ = run_student(student_save_dir, *args)
+    assert code == 0
+
+    original = StudentTask.step
+    calls = {"n": 0}
+
+    def interrupted(self, batch, epoch):
+        if epoch == 3:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise Interrupt()
+        return original(self, batch, epoch)
+    with monkeypatch.context() as m:
+        m.setattr(StudentTask, "step", interrupted)
+        with pytest.raises(Interrupt):
+            run_student(save_b, *args)
+    code, run_b, metrics_b = run_student(save_b, *args, "--resume")
+    assert code == 0
+    a = torch.load(os.path.join(run_a, "resnet8_last.pth"), weights_only=True)
+    b = torch.load(os.path.join(run_b, "resnet8_last.pth"), weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["extra"]["distill"].items():
+        assert torch.equal(value, b["extra"]["distill"][key]), key
+    assert [r["test_acc"] for r in read_metrics(run_a)] == [r["test_acc"] for r in metrics_b]
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--ensemble_method", "MAJORITY"], "--ensemble_method"),
+    (["--distill", "telepathy"], "--distill"),
+    (["--teacher_num", "1", "--ensemble_method", "CAMKD"], "CAMKD needs at least 2 teachers"),
+    (["--teacher_num", "0"], "--teacher_num must be at least 1"),
+    (["--teachers", "a", "--path_t", "b"], "not both"),
+    (["--model_s", "resnet9000"], "--model_s 'resnet9000'"),
+])
+def test_bad_flags(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_student.main(["--dataset", "digits"] + argv)
+    assert exc.value.code == 2
+    assert needle in one_line_error(capsys)
+
+
+def test_more_teachers_than_registered(student_save_dir, capsys):
+    with pytest.raises(SystemExit):
+        run_student(student_save_dir, "--teacher_num", "5")
+    assert "only 3 teacher(s) are registered for digits" in one_line_error(capsys)
+
+
+def test_unknown_teacher_name(student_save_dir, capsys):
+    with pytest.raises(SystemExit):
+        run_student(student_save_dir, "--teachers", "digits-resnet8-9")
+    assert "digits-resnet8-9" in one_line_error(capsys)
+
+
+def test_teacher_with_wrong_class_count(tmp_path, capsys):
+    path = tmp_path / "resnet8_best.pth"
+    torch.save({"model": model_dict["resnet8"](num_classes=100).state_dict()}, path)
+    code, _, _ = run_student(str(tmp_path), "--path_t", str(path), "--epochs", "1")
+    assert code == 2
+    err = one_line_error(capsys)
+    assert "resnet8_best.pth" in err and "100 classes" in err and "10" in err
+
+
+def test_teacher_checkpoint_of_unknown_architecture(tmp_path, capsys):
+    path = tmp_path / "weights.pth"
+    torch.save(model_dict["resnet8"](num_classes=10).state_dict(), path)
+    code, _, _ = run_student(str(tmp_path), "--path_t", str(path), "--epochs", "1")
+    assert code == 2 and "weights.pth" in one_line_error(capsys)
+    code, run_dir, metrics = run_student(str(tmp_path), "--path_t", str(path), "--model_t", "resnet8",
+                                         "--epochs", "1", "--batch_size", "256")
+    assert code == 0 and len(metrics) == 1
