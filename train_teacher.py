@@ -93,6 +93,7 @@ def train_one(args, trial: str):
     run.info(f"==> teacher {args.model} on {spec.name} ({spec.num_classes} classes, {spec.num_train} train / "
              f"{spec.num_test} test images), trial {trial}, seed {seed}, device {args.device}, "
              f"amp {'on' if args.amp else 'off'}, lr {args.learning_rate} -> {run_dir}")
+    run.info(f"==> {args.backend_mode}")
     criterion = CLASSIFICATION_LOSSES[args.loss]
     task = ClassifierTask(model, lambda logits, labels: criterion(logits, labels).mean())
     meta = {"arch": args.model, "num_classes": spec.num_classes, "dataset": spec.name, "trial": trial,
@@ -113,7 +114,7 @@ def train_one(args, trial: str):
 
 def main(argv=None):
     args = parse_args(argv)
-    configure_backend(args)
+    args.backend_mode = configure_backend(args)
     results = []
     for trial in args.trial_list:
         try:

@@ -108,12 +108,18 @@ def validate_common(parser, args, default_lr: float):
     return args
 
 
-def configure_backend(args):
-    """``--deterministic``: reproducible kernels (slower on GPU); otherwise cuDNN autotuning."""
+def configure_backend(args) -> str:
+    """``--deterministic``: reproducible kernels (slower on GPU); otherwise cuDNN autotuning.
+    Returns a line for the log saying what is in force and what it costs."""
     if getattr(args, "deterministic", False):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    elif str(args.device).startswith("cuda"):
+        return ("deterministic mode: deterministic algorithms on, cuDNN autotuning off; on a GPU this is "
+                "slower (no autotuned or atomics-based kernels) and an op without a deterministic version "
+                "stops the run with an error; CPU runs are reproducible either way")
+    if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = True
+        return "fast mode: cuDNN autotuning on (GPU results vary slightly between runs; --deterministic fixes that)"
+    return "CPU run: reproducible for a fixed seed and thread count"

@@ -1,0 +1,261 @@
+"""Collect run folders into comparisons people can trust.
+
+A run folder (written by train_teacher.py or train_student.py) holds ``args.json``,
+``metrics.jsonl`` and, once finished, ``summary.json``. Runs are grouped by configuration (every
+resolved flag except those that only identify a trial or say where things go); each group reports
+its number of finished trials and the mean and sample standard deviation of the last-epoch and
+best-epoch test top-1. Runs without ``summary.json`` were interrupted: they are listed, never
+averaged in.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
+
+# Flags that identify a trial or a place, not a configuration.
+NOT_CONFIG = {
+    "trial", "trials", "trial_list", "seed", "seed_used", "save_dir", "data_folder", "print_freq", "save_freq",
+    "resume", "quiet", "command", "device", "teacher_paths", "teacher_acc", "ensemble_acc", "teacher_names",
+    "num_workers", "download", "skip_validation", "compile", "deterministic", "teachers", "backend_mode",
+}
+
+
+@dataclass
+class Run:
+    path: str
+    args: Dict
+    metrics: List[Dict]
+    summary: Optional[Dict]
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None and self.summary.get("status") == "finished"
+
+    @property
+    def kind(self) -> str:
+        return "student" if "model_s" in self.args else "teacher"
+
+    def config(self) -> Dict:
+        return {k: v for k, v in self.args.items() if k not in NOT_CONFIG}
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def find_runs(root: str) -> List[Run]:
+    """Every run folder under ``root`` (a folder with args.json), sorted by path."""
+    if not os.path.isdir(root):
+        raise ValueError(f"{root} is not a folder of runs")
+    runs = []
+    for folder, _, files in os.walk(root):
+        if "args.json" not in files:
+            continue
+        metrics = []
+        if "metrics.jsonl" in files:
+            with open(os.path.join(folder, "metrics.jsonl")) as f:
+                metrics = [json.loads(line) for line in f if line.strip()]
+        summary = _read_json(os.path.join(folder, "summary.json")) if "summary.json" in files else None
+        runs.append(Run(folder, _read_json(os.path.join(folder, "args.json")), metrics, summary))
+    return sorted(runs, key=lambda r: r.path)
+
+
+def mean_std(values: Sequence[float]):
+    """Mean and sample standard deviation (n - 1); the deviation is None for a single value."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _hashable(value):
+    return json.dumps(value, sort_keys=True)
+
+
+@dataclass
+class Group:
+    key: Dict
+    runs: List[Run] = field(default_factory=list)
+
+    @property
+    def finished(self):
+        return [r for r in self.runs if r.finished]
+
+    @property
+    def interrupted(self):
+        return [r for r in self.runs if not r.finished]
+
+    def stat(self, name):
+        return mean_std([r.summary.get(name) for r in self.finished])
+
+    def teacher_stat(self, name):
+        vals = [r.args.get(name) for r in self.finished if r.args.get(name) is not None]
+        if name == "teacher_acc":
+            vals = [max(v) for v in vals if v]
+        return mean_std(vals)
+
+
+def group_runs(runs: Iterable[Run], group_by: Optional[Sequence[str]] = None) -> List[Group]:
+    """One group per configuration; with ``group_by`` only those keys define a group."""
+    groups: Dict[str, Group] = {}
+    for run in runs:
+        config = run.config()
+        key = {k: run.args.get(k) for k in group_by} if group_by else config
+        groups.setdefault(_hashable(key), Group(key)).runs.append(run)
+    return list(groups.values())
+
+
+def differing_keys(groups: Sequence[Group]) -> List[str]:
+    keys = sorted({k for g in groups for k in g.key})
+    return [k for k in keys if len({_hashable(g.key.get(k)) for g in groups}) > 1]
+
+
+def _label(group: Group) -> Dict[str, str]:
+    """The columns that name a configuration: student/teachers/method/distill, or model/loss."""
+    a = group.runs[0].args
+    if "model_s" in a:
+        teachers = a.get("teacher_archs") or []
+        return {"student": a["model_s"],
+                "teachers": f"{len(teachers)}x " + "/".join(sorted(set(teachers))) if teachers else "",
+                "method": a.get("ensemble_method", ""), "distill": a.get("distill", "")}
+    return {"model": a.get("model", ""), "loss": a.get("loss", "ce")}
+
+
+SHOWN_ELSEWHERE = {"model_s", "model", "teacher_archs", "ensemble_method", "distill", "teacher_num", "loss"}
+
+
+def _fmt(mean, std):
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def table_rows(groups: Sequence[Group]) -> (List[str], List[List[str]]):
+    """Header and rows of one table (groups of one kind)."""
+    extra = [k for k in differing_keys(groups) if k not in SHOWN_ELSEWHERE]
+    students = "model_s" in groups[0].runs[0].args
+    header = list(_label(groups[0])) + extra + ["trials", "last top-1", "best top-1"] \
+        + (["best teacher", "teacher ensemble"] if students else []) + ["interrupted"]
+    rows = []
+    for g in groups:
+        rows.append(list(_label(g).values())
+                    + [str(g.key.get(k, "")) for k in extra]
+                    + [str(len(g.finished)), _fmt(*g.stat("last_acc")), _fmt(*g.stat("best_acc"))]
+                    + ([_fmt(*g.teacher_stat("teacher_acc")), _fmt(*g.teacher_stat("ensemble_acc"))] if students else [])
+                    + [str(len(g.interrupted)) if g.interrupted else ""])
+    return header, rows
+
+
+def tables(runs: Sequence[Run], group_by: Optional[Sequence[str]] = None):
+    """``[(kind, groups, header, rows)]``: students and teachers are tabulated apart, so that the
+    columns of flags that differ are computed among comparable runs."""
+    out = []
+    for kind in ("student", "teacher"):
+        groups = group_runs([r for r in runs if r.kind == kind], group_by)
+        if groups:
+            header, rows = table_rows(groups)
+            out.append((kind, groups, header, rows))
+    return out
+
+
+def combined_csv(tabs) -> str:
+    """One CSV for all tables: a ``kind`` column, and the union of their columns."""
+    header = ["kind"]
+    for _, _, h, _ in tabs:
+        header += [c for c in h if c not in header]
+    rows = []
+    for kind, _, h, rs in tabs:
+        for r in rs:
+            cells = dict(zip(h, r))
+            rows.append([kind] + [cells.get(c, "") for c in header[1:]])
+    return csv_text(header, rows)
+
+
+def markdown(header, rows) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def csv_text(header, rows) -> str:
+    import csv
+    import io
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def plot_groups(groups: Sequence[Group], out_dir: str) -> List[str]:
+    """Training curves per group (loss and test top-1 per epoch, a line per trial and the mean
+    band) and, where logged, each teacher's mean ensemble weight per epoch. Returns the files."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError('--plot needs matplotlib: pip install "mtkd[plot]"') from None
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for n, g in enumerate(groups):
+        label = _label(g)
+        title = " ".join(v for v in label.values() if v)
+        runs = [r for r in g.runs if r.metrics]
+        if not runs:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, key, name in ((axes[0], "train_loss", "training loss"), (axes[1], "test_acc", "test top-1 (%)")):
+            series = []
+            for r in runs:
+                epochs = [m["epoch"] for m in r.metrics]
+                values = [m.get(key) for m in r.metrics]
+                ax.plot(epochs, values, alpha=0.5, linewidth=1,
+                        label=f"trial {r.args.get('trial', '?')}" + ("" if r.finished else " (interrupted)"))
+                series.append(dict(zip(epochs, values)))
+            common = sorted(set.intersection(*(set(s) for s in series)))
+            if len(series) > 1 and common:
+                stats = [mean_std([s[e] for s in series]) for e in common]
+                means = [m for m, _ in stats]
+                spread = [s or 0.0 for _, s in stats]
+                ax.plot(common, means, color="black", linewidth=2, label="mean")
+                ax.fill_between(common, [m - s for m, s in zip(means, spread)],
+                                [m + s for m, s in zip(means, spread)], color="gray", alpha=0.3)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(name)
+            ax.legend(fontsize=7)
+        fig.suptitle(title)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"group{n:02d}_curves.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+        weight_keys = sorted({k for r in runs for m in r.metrics for k in m if k.startswith("weight_")})
+        if weight_keys:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for key in weight_keys:
+                per_epoch: Dict[int, List[float]] = {}
+                for r in runs:
+                    for m in r.metrics:
+                        if key in m:
+                            per_epoch.setdefault(m["epoch"], []).append(m[key])
+                epochs = sorted(per_epoch)
+                ax.plot(epochs, [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs], label=key[len("weight_"):])
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("mean share of the ensemble weight")
+            ax.set_title(title)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = os.path.join(out_dir, f"group{n:02d}_weights.png")
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
+    return written
