@@ -99,3 +99,282 @@ def standard_augmentation(images: Tensor, generator: torch.Generator) -> Tensor:
     # one host-to-device copy for the three parameter vectors instead of three
     top, left, flip = torch.stack([top, left, flip.long()]).to(images.device)
     return to_unit(crop_flip(images, top, left, flip.bool()))
+
+
+# --------------------------------------------------------------------------------------------
+# 'strong': MLKD's strong view (Jin, Wang, Lin, "Multi-Level Logit Distillation", CVPR 2023).
+#
+# The MLKD reference (and the logit-standardization code built on it) makes its strong view with
+# ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip()`` and FixMatch's RandAugment variant
+# (Sohn et al., NeurIPS 2020): two operations drawn uniformly with replacement from 14, each with a
+# magnitude drawn uniformly from its own range, then Cutout of a random size. Here the same recipe
+# runs batched on the training device, each operation following Pillow's arithmetic (blend with
+# truncation, ITU-R 601 grey ``(19595 R + 38470 G + 7471 B + 2^15) >> 16``, 16.16 fixed-point
+# nearest-neighbour affine warps with black fill, ...): on the CPU every operation equals Pillow's
+# pixel for pixel (tests/test_logit_family.py). The random parameters are drawn on the CPU, so a
+# seed gives the same parameters on every device; the arithmetic is integer, or float32/float64
+# elementwise in Pillow's order, meant to give the same pixels on CUDA (not yet checked on a GPU).
+# Operations (range of the magnitude v):
+#   autocontrast, equalize, identity (no magnitude); brightness, color, contrast, sharpness
+#   (v in [0.05, 0.95]: blend with black / grey / mean grey / 3x3-smoothed image); posterize
+#   (v in [4, 8]: keep int(v) bits); solarize (v in [0, 256]: invert pixels >= v); rotate (v in
+#   [-30, 30] degrees about the centre); shear_x, shear_y (v in [-0.3, 0.3]); translate_x,
+#   translate_y (v in [-0.3, 0.3] of the width/height).
+# Cutout: a square of side ``s = u * W`` with ``u`` uniform on [0, 0.5), centre uniform on the
+# image, corner ``(int(max(0, c - s/2)))``, pixels from the corner to ``int(min(W, corner + s))``
+# inclusive set to (125, 123, 114) (grey 124 for other channel counts), as the reference draws
+# it; the reference draws the centre with ``np.random.uniform(w)``, i.e. on (1, w] (numpy's
+# ``uniform(low=w, high=1)``), we draw it on [0, w).
+# Random numbers, all from the loader's CPU generator and moved to the device in one copy, in this
+# order: crop tops, lefts, flips (as 'standard'); the operation index of every sample for round 1
+# then round 2 (``randint(0, 14)``); the uniform magnitude draws for round 1 then round 2; the
+# Cutout size fraction, centre x and centre y.
+# --------------------------------------------------------------------------------------------
+
+RANDAUG_OPS = ("autocontrast", "brightness", "color", "contrast", "equalize", "identity", "posterize",
+               "rotate", "sharpness", "shear_x", "shear_y", "solarize", "translate_x", "translate_y")
+RANDAUG_RANGES = {"autocontrast": (0.0, 1.0), "brightness": (0.05, 0.95), "color": (0.05, 0.95),
+                  "contrast": (0.05, 0.95), "equalize": (0.0, 1.0), "identity": (0.0, 1.0),
+                  "posterize": (4.0, 8.0), "rotate": (-30.0, 30.0), "sharpness": (0.05, 0.95),
+                  "shear_x": (-0.3, 0.3), "shear_y": (-0.3, 0.3), "solarize": (0.0, 256.0),
+                  "translate_x": (-0.3, 0.3), "translate_y": (-0.3, 0.3)}
+RANDAUG_NUM_OPS = 2
+CUTOUT_MAX_FRACTION = 0.5
+CUTOUT_FILL = (125, 123, 114)
+GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+def _col(v: Tensor) -> Tensor:
+    return v.reshape(-1, 1, 1, 1)
+
+
+def blend(degenerate: Tensor, images: Tensor, alpha: Tensor) -> Tensor:
+    """Pillow's ``Image.blend(degenerate, image, alpha)`` per sample: ``d + alpha * (x - d)`` in
+    float32, clipped to [0, 255] and truncated. uint8 in (broadcastable), uint8 out."""
+    d = degenerate.to(torch.float32)
+    out = d + _col(alpha.to(torch.float32)) * (images.to(torch.float32) - d)
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
+def grey(images: Tensor) -> Tensor:
+    """Pillow's RGB -> L: ``(19595 R + 38470 G + 7471 B + 32768) >> 16``, ``[B, 1, H, W]`` uint8.
+    Images with other channel counts: the rounded channel mean."""
+    x = images.to(torch.int32)
+    if images.shape[1] == 3:
+        g = (x[:, 0:1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:3] * 7471 + 32768) >> 16
+    else:
+        g = (x.sum(1, keepdim=True) * 2 + images.shape[1]) // (2 * images.shape[1])
+    return g.to(torch.uint8)
+
+
+def apply_lut(images: Tensor, lut: Tensor) -> Tensor:
+    """Per (sample, channel) lookup table ``lut [B, C, 256]`` applied to uint8 images."""
+    b, c, h, w = images.shape
+    out = lut.to(torch.uint8).gather(2, images.reshape(b, c, h * w).long())
+    return out.reshape(b, c, h, w)
+
+
+def histograms(images: Tensor) -> Tensor:
+    """``[B, C, 256]`` pixel counts (int64) of every channel of every sample."""
+    b, c, h, w = images.shape
+    hist = torch.zeros(b * c, 256, dtype=torch.int64, device=images.device)
+    hist.scatter_add_(1, images.reshape(b * c, h * w).long(), torch.ones(1, dtype=torch.int64,
+                                                                          device=images.device).expand(b * c, h * w))
+    return hist.reshape(b, c, 256)
+
+
+def autocontrast(images: Tensor, v: Tensor = None) -> Tensor:
+    """Pillow's ``ImageOps.autocontrast`` (no cutoff), per channel: ``int(i * s - lo * s)`` with
+    ``s = 255 / (hi - lo)`` in double precision, clipped; unchanged where ``hi <= lo``."""
+    flat = images.flatten(2)
+    lo = flat.amin(2).double()[..., None]
+    hi = flat.amax(2).double()[..., None]
+    span = (hi - lo).clamp_min(1)
+    scale = torch.full_like(span, 255.0) / span   # tensor / tensor: IEEE division like Python's
+    i = torch.arange(256, dtype=torch.float64, device=images.device)
+    lut = (i * scale + (-lo * scale)).trunc().clamp(0, 255)
+    lut = torch.where(hi > lo, lut, i.expand_as(lut))
+    return apply_lut(images, lut)
+
+
+def equalize(images: Tensor, v: Tensor = None) -> Tensor:
+    """Pillow's ``ImageOps.equalize``, per channel: ``step = (n - h[last used level]) // 255``,
+    ``lut[i] = (step // 2 + sum(h[:i])) // step`` (clipped to 255); unchanged with fewer than
+    two used levels or ``step == 0``."""
+    hist = histograms(images)
+    levels = torch.arange(256, device=images.device)
+    used = hist > 0
+    last = (levels * used).amax(2, keepdim=True)
+    step = (hist.sum(2, keepdim=True) - hist.gather(2, last)) // 255
+    before = hist.cumsum(2) - hist
+    lut = ((step // 2 + before) // step.clamp_min(1)).clamp(max=255)
+    keep = (used.sum(2, keepdim=True) <= 1) | (step == 0)
+    lut = torch.where(keep, levels.expand_as(lut), lut)
+    return apply_lut(images, lut)
+
+
+def brightness(images: Tensor, v: Tensor) -> Tensor:
+    """Pillow's ``ImageEnhance.Brightness(v)``: blend with black."""
+    return blend(torch.zeros((), dtype=torch.uint8, device=images.device), images, v)
+
+
+def color(images: Tensor, v: Tensor) -> Tensor:
+    """Pillow's ``ImageEnhance.Color(v)``: blend with the grey image."""
+    return blend(grey(images), images, v)
+
+
+def contrast(images: Tensor, v: Tensor) -> Tensor:
+    """Pillow's ``ImageEnhance.Contrast(v)``: blend with the mean grey level ``int(mean + 0.5)``."""
+    mean = grey(images).flatten(1).double().mean(1)
+    return blend(_col((mean + 0.5).floor()).to(torch.uint8), images, v)
+
+
+SMOOTH_KERNEL = (1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0, 1.0)   # Pillow's ImageFilter.SMOOTH, scale 13
+
+
+def smooth(images: Tensor) -> Tensor:
+    """Pillow's ``ImageFilter.SMOOTH`` (3x3, weights 1 and 5 in the centre, / 13) on the interior
+    pixels, rounded half up; border pixels unchanged. Summation order as Pillow's (float32)."""
+    x = images.to(torch.float32)
+    k = torch.tensor(SMOOTH_KERNEL, dtype=torch.float32).div_(13.0).tolist()   # float32 weights
+
+    def row(r, w0):   # r: rows slice of x, three taps at columns x-1, x, x+1
+        return r[..., :-2] * w0[0] + r[..., 1:-1] * w0[1] + r[..., 2:] * w0[2]
+
+    below, mid, above = x[..., 2:, :], x[..., 1:-1, :], x[..., :-2, :]
+    ss = torch.zeros_like(mid[..., 1:-1])
+    ss = ss + row(below, k[0:3])
+    ss = ss + row(mid, k[3:6])
+    ss = ss + row(above, k[6:9])
+    inner = torch.where(ss <= 0, torch.zeros_like(ss),
+                        torch.where(ss >= 255, torch.full_like(ss, 255), (ss + 0.5).floor()))
+    out = images.clone()
+    out[..., 1:-1, 1:-1] = inner.to(torch.uint8)
+    return out
+
+
+def sharpness(images: Tensor, v: Tensor) -> Tensor:
+    """Pillow's ``ImageEnhance.Sharpness(v)``: blend with the smoothed image (v < 1 blurs)."""
+    return blend(smooth(images), images, v)
+
+
+def posterize(images: Tensor, v: Tensor) -> Tensor:
+    """Pillow's ``ImageOps.posterize(max(1, int(v)))``: keep the top ``int(v)`` bits."""
+    bits = v.to(torch.float32).trunc().clamp(1, 8).to(torch.int32)
+    mask = (255 - ((1 << (8 - bits)) - 1)).to(torch.uint8)
+    return images & _col(mask)
+
+
+def solarize(images: Tensor, v: Tensor) -> Tensor:
+    """Pillow's ``ImageOps.solarize(v)``: pixels ``>= v`` inverted."""
+    return torch.where(images.to(torch.float32) < _col(v.to(torch.float32)), images, 255 - images)
+
+
+def affine_matrices(op: Tensor, v: Tensor, h: int, w: int) -> Tensor:
+    """Per-sample inverse affine maps ``(a, b, c, d, e, f)`` (output -> input, Pillow's
+    convention ``x_in = a x + b y + c``) of the geometric operations, identity for the others;
+    float64 ``[B, 6]``. Rotation by v degrees counter-clockwise about ``(w/2, h/2)`` as
+    ``Image.rotate``; shears about the origin and translations by ``v * size`` as the reference."""
+    v = v.to(torch.float64)
+    one, zero = torch.ones_like(v), torch.zeros_like(v)
+    rad = -torch.deg2rad(torch.remainder(v, 360.0))
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    cx, cy = w / 2.0, h / 2.0
+    rot = torch.stack([cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy], 1)
+    mats = {"rotate": rot,
+            "shear_x": torch.stack([one, v, zero, zero, one, zero], 1),
+            "shear_y": torch.stack([one, zero, zero, v, one, zero], 1),
+            "translate_x": torch.stack([one, zero, v * w, zero, one, zero], 1),
+            "translate_y": torch.stack([one, zero, zero, zero, one, v * h], 1)}
+    out = torch.stack([one, zero, zero, zero, one, zero], 1)
+    for name, m in mats.items():
+        out = torch.where((op == RANDAUG_OPS.index(name))[:, None], m, out)
+    return out
+
+
+def affine_nearest(images: Tensor, mats: Tensor) -> Tensor:
+    """Nearest-neighbour affine warp with Pillow's 16.16 fixed-point arithmetic: for output pixel
+    (x, y) the input is ``((A2 + x A0 + y A1) >> 16, (A5 + x A3 + y A4) >> 16)`` with
+    ``A = floor(65536 a + 0.5)`` and the pixel-centre offsets folded into A2/A5; outside -> 0."""
+    b, c, h, w = images.shape
+    fix = lambda t: torch.floor(t * 65536.0 + 0.5).to(torch.int64)   # noqa: E731
+    a0, a1, a3, a4 = fix(mats[:, 0]), fix(mats[:, 1]), fix(mats[:, 3]), fix(mats[:, 4])
+    a2 = fix(mats[:, 2] + mats[:, 0] * 0.5 + mats[:, 1] * 0.5)
+    a5 = fix(mats[:, 5] + mats[:, 3] * 0.5 + mats[:, 4] * 0.5)
+    xs = torch.arange(w, device=images.device, dtype=torch.int64)[None, None, :]
+    ys = torch.arange(h, device=images.device, dtype=torch.int64)[None, :, None]
+    xin = (a2[:, None, None] + xs * a0[:, None, None] + ys * a1[:, None, None]) >> 16     # [B, H, W]
+    yin = (a5[:, None, None] + xs * a3[:, None, None] + ys * a4[:, None, None]) >> 16
+    inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+    flat = (yin.clamp(0, h - 1) * w + xin.clamp(0, w - 1)).reshape(b, 1, h * w).expand(b, c, h * w)
+    out = images.reshape(b, c, h * w).gather(2, flat).reshape(b, c, h, w)
+    return torch.where(inside[:, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+POINTWISE_OPS = {"autocontrast": autocontrast, "brightness": brightness, "color": color, "contrast": contrast,
+                 "equalize": equalize, "posterize": posterize, "sharpness": sharpness, "solarize": solarize}
+
+
+def randaugment_round(images: Tensor, op: Tensor, v: Tensor) -> Tensor:
+    """One RandAugment round: sample i gets operation ``RANDAUG_OPS[op[i]]`` with magnitude
+    ``v[i]`` (uint8 in and out). Every operation runs on the whole batch and the results are
+    selected per sample (no host synchronisation)."""
+    b, c, h, w = images.shape
+    out = affine_nearest(images, affine_matrices(op, v, h, w))    # identity for non-geometric samples
+    for name, fn in POINTWISE_OPS.items():
+        out = torch.where(_col(op == RANDAUG_OPS.index(name)), fn(images, v), out)
+    return out
+
+
+def cutout(images: Tensor, fraction: Tensor, cx: Tensor, cy: Tensor) -> Tensor:
+    """The reference's Cutout: side ``s = fraction * W``; corner ``x0 = int(max(0, cx - s/2))``
+    (same for y); pixels ``x0 <= x <= int(min(W, x0 + s))`` (inclusive, as ``ImageDraw.rectangle``)
+    set to CUTOUT_FILL. ``fraction``, ``cx``, ``cy``: ``[B]``; ``fraction <= 0`` leaves the image."""
+    b, c, h, w = images.shape
+    dev = images.device
+    s = fraction.to(torch.float64) * w
+    x0 = (cx.to(torch.float64) - s / 2).clamp_min(0).trunc()
+    y0 = (cy.to(torch.float64) - s / 2).clamp_min(0).trunc()
+    x1 = torch.minimum(x0 + s, torch.full_like(s, float(w))).trunc()
+    y1 = torch.minimum(y0 + s, torch.full_like(s, float(h))).trunc()
+    xs = torch.arange(w, device=dev, dtype=torch.float64)[None, None, :]
+    ys = torch.arange(h, device=dev, dtype=torch.float64)[None, :, None]
+    box = ((xs >= x0[:, None, None]) & (xs <= x1[:, None, None]) & (ys >= y0[:, None, None])
+           & (ys <= y1[:, None, None]) & (fraction > 0)[:, None, None])
+    fill = CUTOUT_FILL if c == 3 else (round(sum(CUTOUT_FILL) / 3),) * c
+    fill = torch.tensor(fill, dtype=torch.uint8, device=dev).view(1, c, 1, 1)
+    return torch.where(box[:, None], fill, images)
+
+
+def strong_params(batch: int, generator: torch.Generator, h: int, w: int) -> Tuple[Tensor, ...]:
+    """The strong view's random parameters in the documented order (CPU tensors):
+    top, left, flip ``[B]``; op ``[N, B]``; magnitude ``[N, B]`` (float32); cutout fraction,
+    centre x, centre y ``[B]`` (float32)."""
+    dev = generator.device
+    top, left, flip = crop_flip_params(batch, generator)
+    op = torch.randint(0, len(RANDAUG_OPS), (RANDAUG_NUM_OPS, batch), generator=generator, device=dev)
+    u = torch.rand(RANDAUG_NUM_OPS, batch, generator=generator, device=dev)
+    lo = torch.tensor([RANDAUG_RANGES[n][0] for n in RANDAUG_OPS], dtype=torch.float32)[op]
+    hi = torch.tensor([RANDAUG_RANGES[n][1] for n in RANDAUG_OPS], dtype=torch.float32)[op]
+    magnitude = lo + (hi - lo) * u
+    cut = torch.rand(3, batch, generator=generator, device=dev)
+    return top, left, flip, op, magnitude, cut[0] * CUTOUT_MAX_FRACTION, cut[1] * w, cut[2] * h
+
+
+@register_augmentation("strong")
+def strong_augmentation(images: Tensor, generator: torch.Generator) -> Tensor:
+    """MLKD's strong view: crop + flip as 'standard', FixMatch RandAugment (2 of 14 operations),
+    Cutout; see the comment above for every operation and the order of the random draws."""
+    b, c, h, w = images.shape
+    top, left, flip, op, magnitude, frac, cx, cy = strong_params(b, generator, h, w)
+    # one host-to-device copy for all parameters
+    packed = torch.cat([torch.stack([top, left, flip.long()]).double(), op.double(), magnitude.double(),
+                        torch.stack([frac, cx, cy]).double()]).to(images.device)
+    n = RANDAUG_NUM_OPS
+    top, left, flip = packed[0].long(), packed[1].long(), packed[2].bool()
+    op, magnitude = packed[3:3 + n].long(), packed[3 + n:3 + 2 * n].float()
+    frac, cx, cy = packed[3 + 2 * n], packed[4 + 2 * n], packed[5 + 2 * n]
+    x = crop_flip(images, top, left, flip)
+    for r in range(n):
+        x = randaugment_round(x, op[r], magnitude[r])
+    return to_unit(cutout(x, frac, cx, cy))

@@ -5,7 +5,7 @@ imports them all, so adding a method is adding one file.
 
 Public functions for people who bring their own loop::
 
-    from distiller_zoo import ensemble_weights, kd_loss, standardize
+    from distiller_zoo import ensemble_weights, kd_loss, standardize, dkd_loss
 """
 import importlib as _importlib
 import pkgutil as _pkgutil
@@ -14,6 +14,7 @@ from .registry import CLASSIFICATION_LOSSES, DISTILLERS, ENSEMBLES  # noqa: F401
 from .base import (Batch, BuildContext, Distiller, EnsembleInputs, EnsembleStrategy,  # noqa: F401
                    LossTerm, NetOutput, combine)
 from .KD import kd_loss, standardize  # noqa: F401
+from .DKD import dkd_loss  # noqa: F401
 from .ensemble_api import ensemble_weights, get_strategy  # noqa: F401
 
 for _module in _pkgutil.walk_packages(__path__, prefix=__name__ + "."):

@@ -97,6 +97,17 @@ class Distiller(nn.Module):
     def add_arguments(cls, parser: argparse.ArgumentParser):
         """Add the flags this loss owns (use ``add_argument_once``)."""
 
+    @classmethod
+    def configure(cls, args: argparse.Namespace, given: set) -> List[str]:
+        """Adjust defaults in ``args`` before the run is built; return notes for the log.
+
+        Called once by ``train_student.py`` for each loss class that makes one of the run's terms
+        (the ``--distill`` class, and KD next to a feature loss), before unset loss weights are
+        filled. ``given`` is the set of loss-weight flags the user typed (``"gamma"``, ``"alpha"``,
+        ``"beta"`` for ``-r``/``-a``/``-b``); a hook must not override those. Example: under
+        ``--logit-stand`` KD sets ``-a`` to ``--kd-weight`` and ``-r`` to 0.1 unless given."""
+        return []
+
     def __init__(self, ctx: BuildContext):
         super().__init__()
         self.teacher_index = ctx.teacher_index

@@ -1,0 +1,155 @@
+"""MLKD: "Multi-Level Logit Distillation" (Jin, Wang, Lin, CVPR 2023).
+
+Every batch is seen in two views, the weak one (crop + flip, the loader's first view) and the
+strong one (``views = ("strong",)``: crop + flip + RandAugment + Cutout, ``dataset.augment``'s
+'strong'); the step trains the student's classifier on both (CE summed over the views) and hands
+this loss the strong-view outputs in ``batch.view_outputs[0]``. For each view and each temperature
+of the prediction augmentation, ``T in (T0, 3, 5, 2, 6)`` with ``T0 = --kd_T`` (``--base-temp``
+under ``--logit-stand``), three alignments of ``p = softmax(z / T)``:
+
+- instance level: ``T^2 * KL(p_t || p_s)`` per sample (KD's per-sample loss);
+- batch level (input correlation): the ``B x B`` Gram matrices ``G = p p^T``,
+  ``||G_t - G_s||_F^2 / B``; sample i carries row i, ``sum_j (G_t - G_s)[i, j]^2``, so the batch mean
+  is the batch-level loss;
+- class level (category correlation): the ``C x C`` matrices ``M = p^T p``,
+  ``||M_t - M_s||_F^2 / C``; a batch-level quantity, so every sample carries the batch value.
+
+Both correlation losses are the paper's; their size depends on batch and class count: with
+confident predictions the batch level grows like ``B / C`` and the class level like ``(B / C)^2``
+(``M``'s diagonal holds about ``B / C``), i.e. about 0.4 at CIFAR-100's B = 64, C = 100 and 100
+times more with 10 classes at the same batch; on data sets with few classes use a smaller batch or
+a smaller ``-a``.
+
+Confidence masks, from the teacher's weak-view softmax at temperature 1 (raw logits), as the
+reference defines them: a sample is kept when the teacher's top probability is at most the batch
+median (``torch.quantile``, linear interpolation, as ``np.percentile``); a class is kept when its
+probability summed over the batch is at most the median over classes. The sample mask applies to
+the weak instance and both batch-level terms, the class mask to the weak class-level term; the
+strong instance and class-level terms are unmasked (as the reference). Every term is summed with
+weight 1; ``-a`` (the reference's KD weight, which multiplies every term) weighs the whole loss.
+
+Choices where the reference code (mdistiller's MLKD, also in the logit-standardization code)
+deviates from the paper; we follow the paper:
+
+- the reference multiplies an already batch-averaged loss by the sample mask and averages again,
+  so its mask only rescales the loss by the kept fraction (~0.5); here the mask selects samples
+  (masked per-sample losses, averaged over the whole batch) and the class mask selects columns of
+  the class-correlation difference;
+- the reference's strong instance term feeds the *weak* logits at ``T = 2`` and ``T = 6``; here
+  every strong term reads strong-view logits;
+- the reference computes the strong-view class- and batch-level terms but never adds them to the
+  loss; here they are added.
+
+``--logit-stand`` (Sun et al., CVPR 2024) standardizes the logits of the instance-level terms only,
+as the authors' code does (the correlation terms use raw logits), and ``configure`` sets ``-a`` to
+``--kd-weight`` and ``-r`` to 0.1 unless given (authors: 9 and 0.1). Without it the paper's
+CIFAR-100 weights are CE 0.1 and KD 0.9 (pass ``-r 0.1 -a 0.9``; scripts/run_logit_stand.sh).
+With several teachers, each teacher's masks come from its own logits. For AEKD the gradient is
+taken at the weak-view student logits (the term's anchor).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Distiller, LossTerm
+from .KD import as_float, kd_loss, kd_temperature, logit_stand_weights
+from .registry import register_distiller
+
+EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
+
+
+def mlkd_temperatures(T0: float) -> tuple:
+    """The prediction augmentation's temperatures: the configured one, then 3, 5, 2, 6."""
+    return (float(T0),) + EXTRA_TEMPERATURES
+
+
+def confidence_mask(t: Tensor) -> Tensor:
+    """``[B]`` bool: the teacher's top softmax probability (temperature 1) is at most its median
+    over the batch."""
+    conf = F.softmax(as_float(t.detach()), dim=1).amax(dim=1)
+    return conf <= torch.quantile(conf, 0.5)
+
+
+def class_confidence_mask(t: Tensor) -> Tensor:
+    """``[C]`` bool: the class's softmax probability summed over the batch (temperature 1) is at
+    most its median over the classes."""
+    conf = F.softmax(as_float(t.detach()), dim=1).sum(dim=0)
+    return conf <= torch.quantile(conf, 0.5)
+
+
+def _probabilities(s: Tensor, t: Tensor, T: float):
+    return F.softmax(as_float(s) / T, dim=1), F.softmax(as_float(t.detach()) / T, dim=1)
+
+
+def batch_correlation_loss(s: Tensor, t: Tensor, T: float) -> Tensor:
+    """Per-sample ``[B]`` rows of the batch-level loss: ``sum_j (G_t - G_s)[i, j]^2`` with
+    ``G = softmax(z/T) softmax(z/T)^T``; the batch mean is ``||G_t - G_s||_F^2 / B``.
+    (Gram matrices in full precision, also under autocast.)"""
+    p_s, p_t = _probabilities(s, t, T)
+    with torch.autocast(p_s.device.type, enabled=False):
+        return (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum(dim=1)
+
+
+def class_correlation_loss(s: Tensor, t: Tensor, T: float, class_mask: Optional[Tensor] = None) -> Tensor:
+    """The class-level loss (a scalar): ``sum_ij (M_t - M_s)[i, j]^2 * mask[j] / C`` with
+    ``M = softmax(z/T)^T softmax(z/T)``; no mask: ``||M_t - M_s||_F^2 / C``."""
+    p_s, p_t = _probabilities(s, t, T)
+    with torch.autocast(p_s.device.type, enabled=False):
+        diff = (p_t.T @ p_t - p_s.T @ p_s).pow(2)
+    if class_mask is not None:
+        diff = diff * class_mask.to(diff.dtype)[None, :]
+    return diff.sum() / s.shape[1]
+
+
+def mlkd_terms(s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tensor,
+               temperatures: Sequence[float], logit_stand: bool = False) -> Dict[str, Tensor]:
+    """MLKD's three levels, each per sample ``[B]`` and summed over the temperatures and both
+    views (see the module docstring for masks and choices): ``instance``, ``batch``, ``class``."""
+    mask = confidence_mask(t_weak).to(as_float(s_weak).dtype)
+    cmask = class_confidence_mask(t_weak)
+    B = s_weak.shape[0]
+    ins = bc = cc = 0
+    for T in temperatures:
+        ins = ins + mask * kd_loss(s_weak, t_weak, T, logit_stand) + kd_loss(s_strong, t_strong, T, logit_stand)
+        bc = bc + mask * (batch_correlation_loss(s_weak, t_weak, T) + batch_correlation_loss(s_strong, t_strong, T))
+        cc = cc + class_correlation_loss(s_weak, t_weak, T, cmask) + class_correlation_loss(s_strong, t_strong, T)
+    return {"instance": ins, "batch": bc, "class": cc.expand(B)}
+
+
+def mlkd_loss(s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tensor, T: float = 4.0,
+              logit_stand: bool = False) -> Tensor:
+    """Per-sample MLKD loss ``[B]`` (instance + batch + class levels at temperatures T, 3, 5, 2, 6);
+    the batch mean is the loss (unweighted: the reference's KD weight is ``-a``)."""
+    terms = mlkd_terms(s_weak, t_weak, s_strong, t_strong, mlkd_temperatures(T), logit_stand)
+    return terms["instance"] + terms["batch"] + terms["class"]
+
+
+@register_distiller("mlkd")
+class MLKD(Distiller):
+    kind = "logit"
+    views = ("strong",)
+
+    @classmethod
+    def configure(cls, args, given):
+        return logit_stand_weights(args, given, "MLKD")
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.logit_stand = bool(getattr(ctx.opt, "logit_stand", False))
+        self.temperatures = mlkd_temperatures(kd_temperature(ctx.opt))
+
+    def forward(self, s, t, batch):
+        if not batch.view_outputs:
+            raise ValueError("mlkd needs the strong view's outputs (batch.view_outputs is empty; "
+                             "the loader must serve the views ('standard', 'strong'))")
+        s_strong, t_strongs = batch.view_outputs[0]
+        t_strong = t_strongs[self.teacher_index]
+        terms = mlkd_terms(s.logits, t.logits, s_strong.logits, t_strong.logits, self.temperatures,
+                           self.logit_stand)
+        loss = terms["instance"] + terms["batch"] + terms["class"]
+        metrics = {name: value.detach().mean() for name, value in terms.items()}
+        return LossTerm(loss, anchor=s.logits, metrics=metrics)
