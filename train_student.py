@@ -19,6 +19,7 @@ import torch
 from dataset import DataError, add_data_arguments, loaders_from_args
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
 from helper.checkpoint import ResumeError
+from helper import spot_adaptive
 from helper.distill import StudentTask, build_terms, run_init_stage
 from helper.loop import NonFiniteLoss, evaluate, fit
 from helper.manifest import ManifestError, manifest_path, teacher_names
@@ -64,6 +65,7 @@ def build_parser():
                    help="epochs of connector pre-training for losses that have one (FT, AB, FSP; RepDistiller: 30)")
     for cls in list(DISTILLERS.values()) + list(ENSEMBLES.values()):
         cls.add_arguments(parser)
+    spot_adaptive.add_arguments(parser)
 
     add_data_arguments(parser)
     add_optimization_arguments(parser)
@@ -72,9 +74,14 @@ def build_parser():
 
 
 def resolve_loss_weights(args, log):
-    """Fill -r/-a/-b not given on the command line and say which values are in force."""
+    """Let the run's loss classes adjust their defaults (``Distiller.configure``, e.g. under
+    --logit-stand), fill -r/-a/-b not given on the command line and say which values are in force."""
     distill = DISTILLERS[args.distill]
+    given = {name for name in ("gamma", "alpha", "beta") if getattr(args, name) is not None}
     notes = []
+    # the classes that make the run's terms, as build_terms makes them: a feature loss runs next to KD
+    for cls in ([distill] if distill.kind == "logit" else [DISTILLERS["kd"], distill]):
+        notes += cls.configure(args, given)
     if args.gamma is None:
         args.gamma = 1.0
     if args.alpha is None:
@@ -114,6 +121,7 @@ def parse_args(argv=None):
                      f"got --teacher_num {args.teacher_num}")
     if args.beta_delay_epochs < 0:
         fail(parser, f"--beta_delay_epochs must be non-negative, got {args.beta_delay_epochs}")
+    spot_adaptive.validate(parser, args)
     return parser, args
 
 
@@ -150,12 +158,14 @@ def run_name(args, teacher_archs):
             name += f"_{args.C}" + ("_svmnorm" if args.svm_norm else "")
     else:
         name += f"_{arch_str}"
+    if getattr(args, "spot_adaptive", False):
+        name += f"_spot-{args.spot_mode}"
     return name
 
 
 def main(argv=None):
     parser, args = parse_args(argv)
-    configure_backend(args)
+    args.backend_mode = configure_backend(args)
     seed = trial_seed(args.seed, args.trial)
     torch.manual_seed(seed)
     imagenet = args.dataset == "imagenet"
@@ -174,9 +184,12 @@ def main(argv=None):
     teachers = TeacherEnsemble(teacher_models, [n for n, _, _ in teacher_specs]).to(args.device)
     student = build_model(args.model_s, spec.num_classes, imagenet=imagenet).to(args.device)
 
+    weight_notes = []
+    resolve_loss_weights(args, weight_notes.append)      # before naming: the folder name holds -r/-a/-b
     run_dir = os.path.join(args.save_dir, "students", run_name(args, [m.arch for m in teacher_models]))
     run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume)
-    resolve_loss_weights(args, run.info)
+    for note in weight_notes:
+        run.info(note)
     try:
         terms = build_terms(args, student, teachers, spec.num_classes, loaders.train.num_samples, spec.image_size,
                             train_labels=loaders.train.labels)
@@ -189,6 +202,7 @@ def main(argv=None):
              + ", ".join(f"{n} ({m.arch})" for n, m in zip(teachers.names, teacher_models))
              + f"; --distill {args.distill}, --ensemble_method {args.ensemble_method}; seed {seed}; "
                f"device {args.device}; amp {'on' if args.amp else 'off'} -> {run_dir}")
+    run.info(f"==> {args.backend_mode}")
     teacher_report = {}
     if not args.skip_validation:
         ev = evaluate(teacher_models, loaders.test, args.device, args.amp)
@@ -202,7 +216,16 @@ def main(argv=None):
     run.write_config(dict(vars(args), seed_used=seed, teacher_paths=[p for _, p, _ in teacher_specs],
                           teacher_archs=[m.arch for m in teacher_models], **teacher_report),
                      dict(environment_info(args.device), seed=seed, trial=args.trial))
-    task = StudentTask(student, teachers, terms, args)
+    if args.spot_adaptive:
+        try:
+            task = spot_adaptive.build_spot_task(args, student, teachers, terms, spec.num_classes, spec.image_size)
+        except ValueError as exc:
+            print(f"train_student.py: error: --spot_adaptive: {exc}", file=sys.stderr)
+            run.close()
+            return 2
+        run.info(task.describe())
+    else:
+        task = StudentTask(student, teachers, terms, args)
     if not args.resume:
         run_init_stage(task, loaders.train, args, run.info)
     optimizer = torch.optim.SGD(task.trainable().parameters(), lr=args.learning_rate, momentum=args.momentum,

@@ -72,6 +72,7 @@ def cc_paper_loss(e_s, e_t, gamma: float = 0.4, order: int = 2):
 @register_distiller("correlation")
 class Correlation(Distiller):
     kind = "feature"
+    relational = True      # per-sample values depend on the batch (spot-adaptive routing: sub-batch)
     default_weight = 0.02
     gamma = 0.4
     order = 2

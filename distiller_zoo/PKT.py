@@ -48,6 +48,7 @@ def pkt_loss(f_s, f_t):
 @register_distiller("pkt")
 class PKT(Distiller):
     kind = "feature"
+    relational = True      # per-sample values depend on the batch (spot-adaptive routing: sub-batch)
     default_weight = 30000.0
 
     def forward(self, s, t, batch):

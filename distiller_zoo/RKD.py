@@ -63,6 +63,7 @@ def rkd_loss(f_s, f_t, w_dist: float = 25.0, w_angle: float = 50.0):
 @register_distiller("rkd")
 class RKD(Distiller):
     kind = "feature"
+    relational = True      # per-sample values depend on the batch (spot-adaptive routing: sub-batch)
     default_weight = 1.0
 
     @classmethod

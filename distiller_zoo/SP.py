@@ -36,6 +36,7 @@ def similarity_loss(f_s, f_t):
 @register_distiller("similarity")
 class Similarity(Distiller):
     kind = "feature"
+    relational = True      # per-sample values depend on the batch (spot-adaptive routing: sub-batch)
     default_weight = 3000.0
 
     def __init__(self, ctx):

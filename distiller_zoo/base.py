@@ -159,6 +159,13 @@ class EnsembleStrategy:
     def weights(self, inputs: EnsembleInputs) -> Tensor:
         raise NotImplementedError
 
+    def pooled_teacher(self, teachers: List["NetOutput"], batch: "Batch", kind: str) -> Optional["NetOutput"]:
+        """A strategy that fuses its teachers into ONE target (e.g. pooled Dirichlet evidence)
+        returns that virtual teacher's output for a term of this ``kind`` ("logit"/"feature");
+        the term then evaluates its first distiller against it alone, with weight 1. Default:
+        None, every teacher is distilled and weighted."""
+        return None
+
 
 def combine(weights: Tensor, losses: Tensor) -> Tensor:
     """The ensemble loss ``(1/B) sum_i sum_m w[m,i] * loss[m,i]``."""

@@ -33,7 +33,14 @@ class DistillTerm(nn.Module):
         self.distillers = nn.ModuleList(distillers)
         self.strategy = strategy
 
-    def forward(self, s: NetOutput, teachers: List[NetOutput], batch: Batch):
+    def forward(self, s: NetOutput, teachers: List[NetOutput], batch: Batch, routing=None):
+        """``(loss, weights [M, B], results)``. ``routing`` (spot-adaptive distillation, see
+        ``distiller_zoo.routing``) multiplies its per-sample masks into the strategy's weights."""
+        pooled = self.strategy.pooled_teacher(teachers, batch, "logit" if self.slot == "alpha" else "feature")
+        if pooled is not None:                  # one fused target: distil it alone, weight 1
+            result = self.distillers[0](s, pooled, batch)
+            weights = torch.ones_like(result.per_sample.float())[None]
+            return combine(weights, result.per_sample.float()[None]), weights, [result]
         results = [d(s, t, batch) for d, t in zip(self.distillers, teachers)]
         losses = torch.stack([r.per_sample.float() for r in results])             # [M, B]
         confidence = None
@@ -57,6 +64,9 @@ class DistillTerm(nn.Module):
                 labels=batch.labels, student_logits=s.logits.detach().float(), losses=losses.detach(),
                 confidence_logits=confidence, gradients=gradients, is_logit_term=self.slot == "alpha"))
         weights = weights.detach().to(losses.dtype)
+        if routing is not None:
+            loss, weights = routing.term_loss(self, results, weights, s, teachers, batch)
+            return loss, weights, results
         return combine(weights, losses), weights, results
 
     def epoch_begin(self, epoch: int, epochs: int):
@@ -148,10 +158,11 @@ class StudentTask(Task):
         loss_cls = sum(F.cross_entropy(o.logits.float(), labels) for o in [s_out] + [v[0] for v in b.view_outputs])
         total = w["gamma"] * loss_cls
         metrics = {"loss_cls": loss_cls.detach()}
+        routing = self.route(s_out, t_outs, b)
         for term in self.terms:
             if w[term.slot] == 0:
                 continue
-            loss, weights, results = term(s_out, t_outs, b)
+            loss, weights, results = term(s_out, t_outs, b, routing)
             total = total + w[term.slot] * loss
             metrics[f"loss_{term.key}"] = loss.detach()
             for m, r in enumerate(results):       # a distiller's own figures (e.g. a learned temperature)
@@ -160,7 +171,17 @@ class StudentTask(Task):
             share = weights.mean(1)
             self._accumulate(term.key, share / share.sum().clamp_min(1e-12))
         self._steps += 1
-        return StepOutput(total, logits, labels, metrics)
+        return self.finish_step(StepOutput(total, logits, labels, metrics), routing, s_out, t_outs, b)
+
+    # -- hooks for spot-adaptive routing (helper/spot_adaptive.py); plain distillation has none ----
+    def route(self, s_out: NetOutput, t_outs: List[NetOutput], batch: Batch):
+        """Per-sample routing decisions for this step, or None (every term as usual)."""
+        return None
+
+    def finish_step(self, out: StepOutput, routing, s_out: NetOutput, t_outs: List[NetOutput],
+                    batch: Batch) -> StepOutput:
+        """Called after the student's loss is built, before the loop's backward."""
+        return out
 
     def _accumulate(self, key, shares):
         self._weight_sums[key] = self._weight_sums.get(key, 0) + shares.detach()

@@ -1,0 +1,172 @@
+"""Spot-adaptive distillation in the student step (``train_student.py --spot_adaptive``).
+
+Song, Chen, Ye, Song, "Spot-adaptive Knowledge Distillation", IEEE TIP 2022 (SAKD): for every
+training sample, at every iteration, a small policy decides at which spots (stage outputs and the
+logits) the student is distilled; the policy and the adapters of a "graft" pass, in which the
+student's and the teacher's stages are mixed by those decisions, are trained by their own
+optimiser on the classification loss of the grafted output. Here it works for one teacher (the
+paper) or several (each decision picks a teacher or none); ``distiller_zoo.routing`` has the
+pieces and ``docs/spot_adaptive.md`` the formulation.
+
+One step (``SpotAdaptiveTask``; the order is the reference's):
+  1. teachers and student forward (``StudentTask``), the policy's decisions (``route``);
+  2. every term's loss with the routing masks multiplied into its ensemble weights, then the
+     graft pass (``finish_step``);
+  3. the policy optimiser: ``zero_grad``, ``backward(L_p)``, ``step``;
+  4. the loop: ``zero_grad`` of the main optimiser (dropping the student gradients that ``L_p``
+     left), ``backward`` of the student loss, ``step``.
+The student loss never reaches the policy or the adapters (the masks are detached) and ``L_p``
+only reaches the student through gradients the loop discards; the teachers never get any.
+The policy optimiser is SGD with the main momentum, ``--policy_weight_decay`` (1e-3) and the main
+schedule's learning rate times ``--policy_lr_ratio`` (0.5), set every epoch.
+
+Deliberate differences from the reference (besides those listed in ``distiller_zoo.routing.router``):
+``--policy_homo auto`` decides the start-up bias from the architectures (same family in
+``models.registry`` and the same feature shapes, which reproduces the ``homo`` flag of all ten
+CIFAR-100 configurations) instead of a per-config flag; the policy, the adapters and the policy
+optimiser are saved in the checkpoint and restored strictly on ``--resume``; under AMP the policy
+loss is back-propagated without a gradient scaler.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from distiller_zoo.routing import MODES, SpotRouter, distiller_rows, plan_spots
+from distiller_zoo.routing.router import FAVOUR_BIAS
+
+from .checkpoint import ResumeError
+from .distill import StudentTask
+from .schedule import lr_at
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    g = parser.add_argument_group("spot-adaptive distillation (Song et al., TIP 2022)")
+    g.add_argument("--spot_adaptive", action="store_true",
+                   help="route every sample per spot (stage outputs read by the loss, and the logits): "
+                        "distil from which teacher, or not at all, decided by a policy trained through a "
+                        "graft pass of student and teacher stages")
+    g.add_argument("--spot_mode", type=str, default="adaptive", choices=MODES,
+                   help="adaptive (the policy), all (always distil), random (uniform decisions), "
+                        "anti (the reverse of the policy)")
+    g.add_argument("--policy_tau", type=float, default=5.0, help="Gumbel-softmax temperature of the policy (5)")
+    g.add_argument("--policy_lr_ratio", type=float, default=0.5,
+                   help="policy and adapter learning rate = the student's scheduled rate times this (0.5)")
+    g.add_argument("--policy_weight_decay", type=float, default=1e-3, help="weight decay of the policy optimiser")
+    g.add_argument("--classify_weight", type=float, default=1.0,
+                   help="policy loss: the graft CE is multiplied by this when above the student's CE and "
+                        "divided by it when below (the reference's configs: 2 for AT, RKD, VID; 1 otherwise)")
+    g.add_argument("--policy_homo", type=str, default="auto", choices=("auto", "yes", "no"),
+                   help="start the policy distilling everywhere (+10 bias) from: teachers of the student's "
+                        "family with its feature shapes (auto), every teacher (yes), none (no)")
+
+
+def validate(parser, args):
+    """One-line errors for bad spot-adaptive flags (only when --spot_adaptive is on)."""
+    if not getattr(args, "spot_adaptive", False):
+        return
+    for flag in ("policy_tau", "classify_weight"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if args.policy_lr_ratio < 0 or args.policy_weight_decay < 0:
+        parser.error("--policy_lr_ratio and --policy_weight_decay must be non-negative")
+
+
+def same_family(student, teacher, student_shapes=None, teacher_shapes=None) -> bool:
+    """Same registry family and the same feature shapes (the reference's ``homo`` pairs: its ten
+    CIFAR-100 configurations set ``homo`` exactly for these, e.g. not for resnet32x4 -> resnet32)."""
+    from models.registry import imagenet_model_cfg, model_cfg
+    cfg_s = model_cfg.get(student.arch) or imagenet_model_cfg.get(student.arch)
+    cfg_t = model_cfg.get(teacher.arch) or imagenet_model_cfg.get(teacher.arch)
+    if cfg_s is None or cfg_t is None or cfg_s.family != cfg_t.family:
+        return False
+    student_shapes = student.feature_shapes() if student_shapes is None else student_shapes
+    teacher_shapes = teacher.feature_shapes() if teacher_shapes is None else teacher_shapes
+    return [tuple(s) for s in student_shapes] == [tuple(t) for t in teacher_shapes]
+
+
+def build_router(args, student, teachers, terms, num_classes: int, image_size: int) -> SpotRouter:
+    """The run's spots (from where its losses read), policy and adapters."""
+    s_shapes = student.feature_shapes(image_size)
+    t_shapes = [t.feature_shapes(image_size) for t in teachers.models]
+    term_rows, relational = {}, {}
+    for term in terms:
+        term_rows[term.key] = [
+            distiller_rows(d, s_shapes, t_shapes[m], name=f"--distill {term.key}", num_classes=num_classes,
+                           image_size=image_size, student=student, teacher=teachers.models[m])
+            for m, d in enumerate(term.distillers)]
+        relational[term.key] = any(getattr(d, "relational", False) for d in term.distillers)
+    plan = plan_spots(term_rows, relational, s_shapes, t_shapes)
+    homo = getattr(args, "policy_homo", "auto")
+    favour = [m for m, t in enumerate(teachers.models)
+              if homo == "yes" or (homo == "auto" and same_family(student, t, s_shapes, t_shapes[m]))]
+    param = next(student.parameters())
+    return SpotRouter(plan, s_shapes, t_shapes, mode=args.spot_mode, tau=args.policy_tau,
+                      classify_weight=args.classify_weight, favour=favour).to(param.device)
+
+
+class SpotAdaptiveTask(StudentTask):
+    """The student task with spot-adaptive routing (see the module docstring)."""
+
+    def __init__(self, student, teachers, terms, args, router: SpotRouter):
+        super().__init__(student, teachers, terms, args)
+        self.router = router
+        self.policy_optimizer = torch.optim.SGD(router.parameters(), lr=args.learning_rate * args.policy_lr_ratio,
+                                                momentum=args.momentum, weight_decay=args.policy_weight_decay)
+
+    def describe(self) -> str:
+        plan, r = self.router.plan, self.router
+        rows = "; ".join(f"{key}: " + ", ".join(plan.spots[k].label for k in ks) for key, ks in plan.term_rows.items())
+        return (f"==> spot-adaptive ({r.mode}, {r.num_teachers} teacher(s), {r.num_teachers + 1} options per "
+                f"decision): spots {', '.join(r.labels)} ({rows}); policy tau {r.tau}, classify weight "
+                f"{r.classify_weight}, start-up bias +{FAVOUR_BIAS:g} towards teachers {r.favoured or 'none'}; "
+                f"policy lr x{self.args.policy_lr_ratio}, weight decay {self.args.policy_weight_decay}")
+
+    def train_mode(self):
+        super().train_mode()
+        self.router.train()
+
+    def epoch_begin(self, epoch, epochs):
+        super().epoch_begin(epoch, epochs)
+        lr = lr_at(self.args, epoch) * self.args.policy_lr_ratio
+        for group in self.policy_optimizer.param_groups:
+            group["lr"] = lr
+
+    def route(self, s_out, t_outs, batch):
+        return self.router.step(self.router.decide(s_out, t_outs))
+
+    def finish_step(self, out, routing, s_out, t_outs, batch):
+        decision = routing.decision
+        out.metrics.update({k: v.detach() for k, v in self.router.usage(decision).items()})
+        if self.router.learns:
+            graft_logits = self.router.graft(batch.images, decision.y, self.model, self.teachers.models)
+            policy_loss, figures = self.router.policy_loss(graft_logits, batch.labels, s_out.logits, decision.y)
+            self.policy_optimizer.zero_grad(set_to_none=True)
+            policy_loss.backward()
+            self.policy_optimizer.step()
+            out.metrics.update(figures)
+        return out
+
+    def extra_state(self):
+        state = super().extra_state()
+        state["spot_router"] = self.router.state_dict()
+        state["spot_optimizer"] = self.policy_optimizer.state_dict()
+        return state
+
+    def load_extra_state(self, state):
+        super().load_extra_state(state)
+        if "spot_router" not in state or "spot_optimizer" not in state:
+            raise ResumeError("--resume: the checkpoint has no spot-adaptive policy (it was not saved by a "
+                              "--spot_adaptive run)")
+        try:
+            self.router.load_state_dict(state["spot_router"], strict=True)
+        except RuntimeError as exc:
+            raise ResumeError(f"--resume: the checkpoint's spot-adaptive policy does not fit this run: "
+                              f"{str(exc).splitlines()[0]}") from None
+        self.policy_optimizer.load_state_dict(state["spot_optimizer"])
+
+
+def build_spot_task(args, student, teachers, terms, num_classes: int, image_size: int) -> SpotAdaptiveTask:
+    return SpotAdaptiveTask(student, teachers, terms, args,
+                            build_router(args, student, teachers, terms, num_classes, image_size))

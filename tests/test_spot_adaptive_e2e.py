@@ -1,0 +1,85 @@
+"""train_student.py --spot_adaptive end to end: one teacher and three under CAMKD, attention and kd,
+on digits with the session's teachers; and a bit-identical resume with the policy in the checkpoint."""
+import math
+import os
+
+import pytest
+import torch
+
+from helper.spot_adaptive import SpotAdaptiveTask
+from models import model_dict
+
+from conftest import read_metrics, run_student
+
+FAST = ["--epochs", "3", "--batch_size", "32", "--lr_decay_epochs", "100", "--skip_validation"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distill, teachers, extra", [
+    ("attention", 1, []),                                  # same-family pair: starts distilling everywhere
+    ("kd", 1, ["--policy_homo", "no"]),                    # neutral start: about half the samples at first
+    ("attention", 3, ["--ensemble_method", "CAMKD"]),
+    ("kd", 3, ["--ensemble_method", "CAMKD"]),
+])
+def test_spot_adaptive_trains_a_student_and_the_policy(student_save_dir, distill, teachers, extra):
+    code, run_dir, metrics = run_student(student_save_dir, "--spot_adaptive", "--distill", distill,
+                                         "--teacher_num", str(teachers), *extra, *FAST)
+    assert code == 0
+    assert run_dir.endswith("_spot-adaptive")
+    # 10 classes: chance is 10%; three short epochs of batch 32 reach 50-70% here
+    assert max(m["test_acc"] for m in metrics) > 40.0, [m["test_acc"] for m in metrics]
+    spots = ["out"] if distill == "kd" else ["f1", "f2", "f3", "out"]
+    keys = [f"spot_{s}" for s in spots]
+    if teachers > 1:
+        keys += [f"spot_{s}_t{m}" for s in spots for m in range(teachers)]
+    for m in metrics:
+        assert all(0.0 <= m[k] <= 1.0 for k in keys), m
+        assert math.isfinite(m["policy_loss"]) and math.isfinite(m["graft_ce"])
+    assert any(metrics[0][k] != metrics[-1][k] for k in keys), "the routing did not change during training"
+    if teachers > 1:                                       # each spot's teachers share the distilled samples
+        for m in metrics:
+            for s in spots:
+                assert sum(m[f"spot_{s}_t{t}"] for t in range(teachers)) == pytest.approx(m[f"spot_{s}"], abs=1e-4)
+    ckpt = torch.load(os.path.join(run_dir, "resnet8_last.pth"), weights_only=True)
+    assert "policy.fc.weight" in ckpt["extra"]["spot_router"] and ckpt["extra"]["spot_optimizer"]["state"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_spot_adaptive_resume_is_bit_identical(tmp_path, monkeypatch):
+    """The policy, the adapters and the policy optimiser come back from the checkpoint (small
+    synthetic data and an untrained teacher: only the bookkeeping is under test)."""
+    teacher = tmp_path / "resnet8_best.pth"
+    torch.manual_seed(0)
+    torch.save({"model": model_dict["resnet8"](num_classes=10).state_dict()}, teacher)
+    args = ["--dataset", "synthetic", "--synthetic_train", "96", "--synthetic_test", "32", "--synthetic_classes", "10",
+            "--synthetic_size", "16", "--path_t", str(teacher), "--distill", "attention", "--spot_adaptive",
+            "--policy_homo", "no", "--epochs", "2", "--batch_size", "16", "--beta_delay_epochs", "0",
+            "--skip_validation"]
+    save_a, save_b = str(tmp_path / "a"), str(tmp_path / "b")
+    code, run_a, _ = run_student(save_a, *args)
+    assert code == 0
+    original, calls = SpotAdaptiveTask.step, {"n": 0}
+
+    def interrupted(self, batch, epoch):
+        if epoch == 2:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise Interrupt()
+        return original(self, batch, epoch)
+    with monkeypatch.context() as m:
+        m.setattr(SpotAdaptiveTask, "step", interrupted)
+        with pytest.raises(Interrupt):
+            run_student(save_b, *args)
+    code, run_b, metrics_b = run_student(save_b, *args, "--resume")
+    assert code == 0
+    a = torch.load(os.path.join(run_a, "resnet8_last.pth"), weights_only=True)
+    b = torch.load(os.path.join(run_b, "resnet8_last.pth"), weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["extra"]["spot_router"].items():
+        assert torch.equal(value, b["extra"]["spot_router"][key]), key
+    assert [r["spot_out"] for r in read_metrics(run_a)] == [r["spot_out"] for r in metrics_b]
