@@ -11,6 +11,7 @@ single-teacher distillation.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -18,13 +19,14 @@ import torch
 
 from dataset import DataError, add_data_arguments, loaders_from_args
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
+from helper import distributed
 from helper.checkpoint import ResumeError
 from helper import spot_adaptive
 from helper.distill import StudentTask, build_terms, run_init_stage
 from helper.loop import NonFiniteLoss, evaluate, fit
 from helper.manifest import ManifestError, manifest_path, teacher_names
 from helper.options import (OneLineParser, add_optimization_arguments, add_run_arguments, configure_backend,
-                            fail, trial_seed, validate_common)
+                            fail, memory_format, trial_seed, validate_common)
 from helper.runlog import RunLogger, environment_info
 from helper.teachers import TeacherEnsemble
 from models import build_model, get_model_cfg, imagenet_model_dict, model_dict
@@ -47,6 +49,8 @@ def build_parser():
                         "neither the checkpoint nor its file name says it")
     g.add_argument("--skip_validation", "--skip-validation", action="store_true",
                    help="do not evaluate the teachers before training")
+    g.add_argument("--fuse_teachers", action=argparse.BooleanOptionalAction, default=None,
+                   help="run teachers of one architecture as one batched (vmap) forward (default: on for CUDA)")
 
     g = parser.add_argument_group("distillation (CA-MKD / RepDistiller)")
     g.add_argument("--distill", type=str, default="kd", choices=sorted(DISTILLERS))
@@ -165,6 +169,18 @@ def run_name(args, teacher_archs):
 
 def main(argv=None):
     parser, args = parse_args(argv)
+    try:
+        ctx = distributed.setup(args)
+    except ValueError as exc:
+        print(f"train_student.py: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(parser, args, ctx)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def run(parser, args, ctx):
     args.backend_mode = configure_backend(args)
     seed = trial_seed(args.seed, args.trial)
     torch.manual_seed(seed)
@@ -174,20 +190,31 @@ def main(argv=None):
     views = ("standard",) + tuple(v for v in distill_cls.views if v != "standard")
     try:
         loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
-                                    with_index=distill_cls.needs_index, views=views)
+                                    with_index=distill_cls.needs_index, views=views,
+                                    rank=ctx.rank, world_size=ctx.world_size)
         spec = loaders.spec
         teacher_models = [load_model(path, arch=arch, num_classes=spec.num_classes, imagenet=imagenet)
                           for _, path, arch in teacher_specs]
     except (DataError, CheckpointError) as exc:
         print(f"train_student.py: error: {exc}", file=sys.stderr)
         return 2
-    teachers = TeacherEnsemble(teacher_models, [n for n, _, _ in teacher_specs]).to(args.device)
-    student = build_model(args.model_s, spec.num_classes, imagenet=imagenet).to(args.device)
+    fmt = memory_format(args)
+    teachers = TeacherEnsemble(teacher_models, [n for n, _, _ in teacher_specs],
+                               fuse=args.fuse_teachers).to(args.device, memory_format=fmt)
+    student = build_model(args.model_s, spec.num_classes, imagenet=imagenet).to(args.device, memory_format=fmt)
 
     weight_notes = []
     resolve_loss_weights(args, weight_notes.append)      # before naming: the folder name holds -r/-a/-b
     run_dir = os.path.join(args.save_dir, "students", run_name(args, [m.arch for m in teacher_models]))
-    run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume)
+    run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume, enabled=ctx.is_main)
+    try:
+        return train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weight_notes)
+    finally:
+        run.close()
+
+
+def train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weight_notes):
+    spec, teacher_models = loaders.spec, teachers.models
     for note in weight_notes:
         run.info(note)
     try:
@@ -196,13 +223,16 @@ def main(argv=None):
     except ValueError as exc:
         print(f"train_student.py: error: --distill {args.distill}: {exc}", file=sys.stderr)
         return 2
-    terms.to(args.device)
+    terms.to(args.device, memory_format=memory_format(args))
 
     run.info(f"==> student {args.model_s} on {spec.name} ({spec.num_classes} classes), {len(teachers)} teacher(s): "
              + ", ".join(f"{n} ({m.arch})" for n, m in zip(teachers.names, teacher_models))
              + f"; --distill {args.distill}, --ensemble_method {args.ensemble_method}; seed {seed}; "
-               f"device {args.device}; amp {'on' if args.amp else 'off'} -> {run_dir}")
-    run.info(f"==> {args.backend_mode}")
+               f"device {args.device}; amp {'on' if args.amp else 'off'}; channels_last "
+               f"{'on' if args.channels_last else 'off'}; teachers fused by architecture "
+               f"{'on' if teachers.fusing(args.device) else 'off'} -> {run.run_dir}")
+    run.info(f"==> {args.backend_mode}" + (f"; {ctx.world_size} processes, global batch {args.global_batch_size}"
+                                           if ctx.enabled else ""))
     teacher_report = {}
     if not args.skip_validation:
         ev = evaluate(teacher_models, loaders.test, args.device, args.amp)
@@ -221,11 +251,13 @@ def main(argv=None):
             task = spot_adaptive.build_spot_task(args, student, teachers, terms, spec.num_classes, spec.image_size)
         except ValueError as exc:
             print(f"train_student.py: error: --spot_adaptive: {exc}", file=sys.stderr)
-            run.close()
             return 2
         run.info(task.describe())
     else:
         task = StudentTask(student, teachers, terms, args)
+    task.distribute(ctx, args.device, args.sync_bn)
+    if args.compile:
+        task.compile(run.info)
     if not args.resume:
         run_init_stage(task, loaders.train, args, run.info)
     optimizer = torch.optim.SGD(task.trainable().parameters(), lr=args.learning_rate, momentum=args.momentum,
@@ -234,12 +266,10 @@ def main(argv=None):
             "distill": args.distill, "ensemble_method": args.ensemble_method, "seed": seed,
             "teachers": teachers.names, "teacher_archs": [m.arch for m in teacher_models]}
     try:
-        summary = fit(task, optimizer, loaders, args, run, meta)
+        summary = fit(task, optimizer, loaders, args, run, meta, is_main=ctx.is_main, distributed=ctx.enabled)
     except (NonFiniteLoss, ResumeError) as exc:
         print(f"train_student.py: error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        run.close()
     run.info(f"==> student {args.model_s}: best test acc {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
              f"last {summary['last_acc']:.2f}" + (f"; teachers {', '.join(f'{a:.2f}' for a in teacher_report['teacher_acc'])}"
                                                   if teacher_report else ""))

@@ -20,9 +20,11 @@ from dataset import DataError, add_data_arguments, loaders_from_args
 from distiller_zoo.registry import CLASSIFICATION_LOSSES
 from helper.checkpoint import ResumeError
 from helper.loop import ClassifierTask, NonFiniteLoss, fit
-from helper.manifest import add_teacher, manifest_path
+from helper import distributed
+from helper.distributed import DistContext
+from helper.manifest import add_teacher, entry_name, manifest_path
 from helper.options import (OneLineParser, add_optimization_arguments, add_run_arguments, configure_backend,
-                            fail, trial_seed, validate_common)
+                            fail, memory_format, trial_seed, validate_common)
 from helper.runlog import RunLogger, environment_info
 from models import build_model, get_model_cfg, imagenet_model_dict, model_dict
 
@@ -78,30 +80,38 @@ def run_folder(args, trial) -> str:
     return os.path.join(args.save_dir, "teachers", name)
 
 
-def train_one(args, trial: str):
+def train_one(args, trial: str, ctx: DistContext):
     seed = trial_seed(args.seed, trial)
     torch.manual_seed(seed)
-    loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed)
+    loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
+                                rank=ctx.rank, world_size=ctx.world_size)
     spec = loaders.spec
-    model = build_model(args.model, spec.num_classes, imagenet=args.dataset == "imagenet").to(args.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    model = build_model(args.model, spec.num_classes, imagenet=args.dataset == "imagenet")
+    model = model.to(args.device, memory_format=memory_format(args))
     run_dir = run_folder(args, trial)
-    run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume)
+    run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume, enabled=ctx.is_main)
+    criterion = CLASSIFICATION_LOSSES[args.loss]
+    task = ClassifierTask(model, lambda logits, labels: criterion(logits, labels).mean())
+    task.distribute(ctx, args.device, args.sync_bn)
+    if args.compile:
+        task.compile(run.info)
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
     run.write_config(dict(vars(args), trial=trial, seed_used=seed),
                      dict(environment_info(args.device), seed=seed, trial=trial))
     run.info(f"==> teacher {args.model} on {spec.name} ({spec.num_classes} classes, {spec.num_train} train / "
              f"{spec.num_test} test images), trial {trial}, seed {seed}, device {args.device}, "
              f"amp {'on' if args.amp else 'off'}, lr {args.learning_rate} -> {run_dir}")
-    run.info(f"==> {args.backend_mode}")
-    criterion = CLASSIFICATION_LOSSES[args.loss]
-    task = ClassifierTask(model, lambda logits, labels: criterion(logits, labels).mean())
+    run.info(f"==> {args.backend_mode}" + (f"; {ctx.world_size} processes, global batch {args.global_batch_size}"
+                                           if ctx.enabled else ""))
     meta = {"arch": args.model, "num_classes": spec.num_classes, "dataset": spec.name, "trial": trial,
             "loss": args.loss, "seed": seed}
     try:
-        summary = fit(task, optimizer, loaders, args, run, meta)
+        summary = fit(task, optimizer, loaders, args, run, meta, is_main=ctx.is_main, distributed=ctx.enabled)
     finally:
         run.close()
+    if not ctx.is_main:
+        return entry_name(spec.name, args.model, trial), summary
     name = add_teacher(manifest_path(args.save_dir), model=args.model, dataset=spec.name, trial=trial,
                        checkpoint=summary["best_checkpoint"], best_acc=summary["best_acc"],
                        last_acc=summary["last_acc"], num_classes=spec.num_classes,
@@ -114,17 +124,25 @@ def train_one(args, trial: str):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        ctx = distributed.setup(args)
+    except ValueError as exc:
+        print(f"train_teacher.py: error: {exc}", file=sys.stderr)
+        return 2
     args.backend_mode = configure_backend(args)
     results = []
-    for trial in args.trial_list:
-        try:
-            results.append(train_one(args, trial))
-        except (NonFiniteLoss, ResumeError, DataError) as exc:
-            print(f"train_teacher.py: error: {exc}", file=sys.stderr)
-            return 1
-    print("==> teachers:")
-    for name, s in results:
-        print(f"    {name:40s} best {s['best_acc']:6.2f}  last {s['last_acc']:6.2f}")
+    try:
+        for trial in args.trial_list:
+            results.append(train_one(args, trial, ctx))
+    except (NonFiniteLoss, ResumeError, DataError) as exc:
+        print(f"train_teacher.py: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.cleanup(ctx)
+    if ctx.is_main:
+        print("==> teachers:")
+        for name, s in results:
+            print(f"    {name:40s} best {s['best_acc']:6.2f}  last {s['last_acc']:6.2f}")
     return 0
 
 

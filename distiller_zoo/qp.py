@@ -25,9 +25,10 @@ from torch import Tensor
 
 
 @lru_cache(maxsize=None)
-def _face_patterns(m: int):
-    """All assignments of each coordinate to {0: at zero, 1: free, 2: at the upper bound}."""
-    return torch.tensor(list(itertools.product((0, 1, 2), repeat=m)), dtype=torch.int64)
+def _face_patterns(m: int, device: torch.device):
+    """All assignments of each coordinate to {0: at zero, 1: free, 2: at the upper bound}, kept
+    on the device (no host-to-device copy per training step)."""
+    return torch.tensor(list(itertools.product((0, 1, 2), repeat=m)), dtype=torch.int64, device=device)
 
 
 def solve_simplex_box_qp(G: Tensor, upper: float, max_exact: int = 8, tol: float = 1e-9) -> Tensor:
@@ -44,7 +45,7 @@ def solve_simplex_box_qp(G: Tensor, upper: float, max_exact: int = 8, tol: float
     if m > max_exact:
         return _projected_gradient(G, upper)
 
-    patterns = _face_patterns(m).to(G.device)       # [P, m]
+    patterns = _face_patterns(m, G.device)          # [P, m]
     free = patterns == 1
     at_upper = (patterns == 2).to(G.dtype)
     n_free = free.sum(1)

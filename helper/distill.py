@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from distiller_zoo.base import Batch, BuildContext, EnsembleInputs, NetOutput, combine
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
 
+from .distributed import average_gradients
 from .loop import StepOutput, Task
 from .teachers import TeacherEnsemble
 
@@ -113,6 +114,20 @@ def loss_weights(args, epoch: int) -> Dict[str, float]:
     return {"gamma": gamma, "alpha": alpha, "beta": beta}
 
 
+class _Objective(nn.Module):
+    """The student step as a module (student + terms), so DistributedDataParallel can wrap it and
+    see every trainable parameter's gradient through one forward."""
+
+    def __init__(self, task: "StudentTask"):
+        super().__init__()
+        self.trainable = task.trainable()
+        self.__dict__["task"] = task          # a plain reference, not a submodule
+
+    def forward(self, images, labels, index, epoch: int):
+        out = self.task.compute(images, labels, index, epoch)
+        return out.loss, out.logits, out.metrics
+
+
 class StudentTask(Task):
     """The loop's task for a student: the distillation objective above."""
 
@@ -126,6 +141,18 @@ class StudentTask(Task):
         self._modules = nn.ModuleList([student, terms])
         self._weight_sums: Dict[str, torch.Tensor] = {}
         self._steps = 0
+        self.student_fn = student             # the student's forward: the model or its compiled form
+        self._objective = _Objective(self)
+        self._runner = self._objective        # or its DistributedDataParallel wrapper
+
+    def distribute(self, ctx, device, sync_bn=False):
+        from .distributed import wrap
+        self._runner = wrap(self._objective, ctx, device, sync_bn)
+
+    def compile(self, log):
+        from .loop import maybe_compile
+        self.student_fn = maybe_compile(self.model, log, "the student")
+        self.teachers.compile(log)
 
     def trainable(self):
         return self._modules
@@ -142,14 +169,19 @@ class StudentTask(Task):
     def forward_all(self, images):
         """Student and teacher outputs on one view."""
         t_outs = self.teachers.outputs(images, preact=self.preact)
-        feats, logits = self.model(images, is_feat=True, preact=self.preact)
+        feats, logits = self.student_fn(images, is_feat=True, preact=self.preact)
         return NetOutput(feats=feats, logits=logits, head=self.model.head, model=self.model), t_outs
 
     def step(self, batch, epoch):
-        images, labels = batch[0], batch[1]
+        labels = batch[1]
+        loss, logits, metrics = self._runner(batch[0], labels, batch[2] if len(batch) > 2 else None, epoch)
+        return StepOutput(loss, logits, labels, metrics)
+
+    def compute(self, images, labels, index, epoch) -> StepOutput:
+        """The objective of one batch (called through ``_Objective``, possibly under DDP)."""
         views = list(images) if isinstance(images, (tuple, list)) else [images]
         s_out, t_outs = self.forward_all(views[0])
-        b = Batch(images=views[0], labels=labels, index=batch[2] if len(batch) > 2 else None, epoch=epoch,
+        b = Batch(images=views[0], labels=labels, index=index, epoch=epoch,
                   view_outputs=[self.forward_all(v) for v in views[1:]])
         logits = s_out.logits
 
@@ -250,6 +282,7 @@ def run_init_stage(task: StudentTask, loader, args, log) -> None:
             losses = torch.stack([d.init_stage_loss(s_out, t_outs[m], b) for m, d in pairs])
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
+            average_gradients(params)        # the same connectors on every rank under torchrun
             optimizer.step()
             sums += losses.detach().double() * images.shape[0]
             n += images.shape[0]

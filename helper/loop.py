@@ -42,6 +42,10 @@ class Task:
 
     model: nn.Module                # the network that is evaluated and saved as 'model'
 
+    def distribute(self, ctx, device, sync_bn: bool = False):
+        """Wrap what the step runs in DistributedDataParallel (``helper.distributed``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support distributed training")
+
     def trainable(self) -> nn.Module:
         """Everything the optimiser updates (the model, plus connectors for a student)."""
         return self.model
@@ -71,12 +75,38 @@ class ClassifierTask(Task):
 
     def __init__(self, model: nn.Module, criterion=None):
         self.model = model
+        self.net = model            # what the step calls: the model, or its DDP / compiled wrapper
         self.criterion = criterion or nn.CrossEntropyLoss()
+
+    def distribute(self, ctx, device, sync_bn=False):
+        from .distributed import wrap
+        self.net = wrap(self.model, ctx, device, sync_bn)
+        self.model = getattr(self.net, "module", self.model)
+
+    def compile(self, log):
+        self.net = maybe_compile(self.net, log, "the model")
 
     def step(self, batch, epoch):
         images, labels = batch[0], batch[1]
-        logits = self.model(images)
+        logits = self.net(images)
         return StepOutput(self.criterion(logits, labels), logits, labels)
+
+
+def maybe_compile(module, log, what: str):
+    """``torch.compile(module)``, or ``module`` with a one-line message where compiling is not
+    available here (no torch.compile, an unsupported platform or Python, no working compiler)."""
+    if not hasattr(torch, "compile"):
+        log(f"--compile: this torch ({torch.__version__}) has no torch.compile; {what} runs uncompiled")
+        return module
+    try:
+        import torch._dynamo
+        if not torch._dynamo.is_dynamo_supported():
+            log(f"--compile: torch.compile is not supported on this platform/Python; {what} runs uncompiled")
+            return module
+    except ImportError:
+        log(f"--compile: torch.compile is unavailable; {what} runs uncompiled")
+        return module
+    return torch.compile(module)
 
 
 def autocast_context(device: str, enabled: bool):
@@ -134,7 +164,7 @@ def evaluate(models: Sequence[nn.Module], loader, device: str = "cpu", amp: bool
 
 
 def train_epoch(task: Task, optimizer, loader, epoch: int, args, scaler=None,
-                progress: Optional[Progress] = None) -> Dict[str, float]:
+                progress: Optional[Progress] = None, distributed: bool = False) -> Dict[str, float]:
     task.train_mode()
     sums = DeviceSums()
     first_bad = None                   # device tensor: first step with a non-finite loss, or -1
@@ -170,15 +200,21 @@ def train_epoch(task: Task, optimizer, loader, epoch: int, args, scaler=None,
 
         reading = step % args.print_freq == 0 or step == steps
         if check_every_step or reading:
-            bad_step = int(first_bad.item())
+            bad = first_bad.clone()
+            if distributed:            # every rank stops together (a NaN anywhere ends the run)
+                from .distributed import all_reduce_max
+                all_reduce_max(bad)
+            bad_step = int(bad.item())
             if bad_step > 0:
                 raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {bad_step} of {steps}; "
                                     f"stopping (the last checkpoint is kept)")
         if reading and progress is not None:
-            s = sums.read()
+            s = sums.read(across_ranks=distributed)
             progress.update(step, images_seen, {"loss": s["loss"] / s["n"], "top1": 100 * s["top1"] / s["n"]})
+        elif reading and distributed:
+            sums.read(across_ranks=True)   # keep the collective calls in step on every rank
 
-    s = sums.read()
+    s = sums.read(across_ranks=distributed)
     n = max(s.pop("n", 0), 1)
     record = {"train_loss": s.pop("loss") / n, "train_acc": 100 * s.pop("top1") / n,
               "train_acc_top5": 100 * s.pop("top5") / n}
@@ -215,7 +251,7 @@ def checkpoint_paths(run_dir: str, arch: str):
 
 
 def fit(task: Task, optimizer, loaders, args, run: RunLogger, meta: Dict[str, Any],
-        is_main: bool = True) -> Dict[str, Any]:
+        is_main: bool = True, distributed: bool = False) -> Dict[str, Any]:
     """Train for ``args.epochs`` epochs; returns the run summary (also written to summary.json).
 
     ``meta`` goes into every checkpoint next to RepDistiller's keys (arch, num_classes, dataset,
@@ -259,7 +295,10 @@ def fit(task: Task, optimizer, loaders, args, run: RunLogger, meta: Dict[str, An
                             enabled=is_main and not getattr(args, "quiet", False))
         t0 = time.time()
         record = {"epoch": epoch, "lr": lr}
-        record.update(train_epoch(task, optimizer, loaders.train, epoch, args, scaler, progress))
+        record.update(train_epoch(task, optimizer, loaders.train, epoch, args, scaler, progress, distributed))
+        if distributed:
+            from .distributed import average_buffers
+            average_buffers(task.trainable())
         record.update(task.epoch_metrics())
         record["epoch_time"] = time.time() - t0
         test = evaluate([task.model], loaders.test, args.device, args.amp)

@@ -39,12 +39,17 @@ class DeviceSums:
         else:
             self.sums[name] = value.clone()
 
-    def read(self) -> Dict[str, float]:
+    def read(self, across_ranks: bool = False) -> Dict[str, float]:
+        """The sums as floats (one host synchronisation); ``across_ranks`` adds up every rank's
+        sums in a distributed run (every rank must call it at the same point)."""
         if not self.sums:
             return {}
         names = list(self.sums)
-        values = torch.stack([self.sums[n].double().reshape(()) for n in names]).cpu()
-        return dict(zip(names, values.tolist()))
+        values = torch.stack([self.sums[n].double().reshape(()) for n in names])
+        if across_ranks:
+            from .distributed import all_reduce_sum
+            values = all_reduce_sum(values)
+        return dict(zip(names, values.cpu().tolist()))
 
     def reset(self):
         self.sums = {}

@@ -54,6 +54,10 @@ def add_run_arguments(parser: argparse.ArgumentParser):
                    help="continue the run in its folder from <model>_last.pth")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (reproducible on GPU, slower)")
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on for CUDA)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks (falls back with a message)")
+    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
     g.add_argument("--quiet", action="store_true", help="no per-step progress output")
 
 
@@ -104,6 +108,8 @@ def validate_common(parser, args, default_lr: float):
     args.device = str(resolve_device(parser, args.device))
     if args.amp is None:
         args.amp = args.device.startswith("cuda")
+    if args.channels_last is None:
+        args.channels_last = args.device.startswith("cuda")
     args.command = " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
     return args
 
@@ -123,3 +129,7 @@ def configure_backend(args) -> str:
         torch.backends.cudnn.benchmark = True
         return "fast mode: cuDNN autotuning on (GPU results vary slightly between runs; --deterministic fixes that)"
     return "CPU run: reproducible for a fixed seed and thread count"
+
+
+def memory_format(args):
+    return torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format

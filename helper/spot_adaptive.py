@@ -37,6 +37,7 @@ from distiller_zoo.routing import MODES, SpotRouter, distiller_rows, plan_spots
 from distiller_zoo.routing.router import FAVOUR_BIAS
 
 from .checkpoint import ResumeError
+from .distributed import average_gradients
 from .distill import StudentTask
 from .schedule import lr_at
 
@@ -143,7 +144,11 @@ class SpotAdaptiveTask(StudentTask):
             graft_logits = self.router.graft(batch.images, decision.y, self.model, self.teachers.models)
             policy_loss, figures = self.router.policy_loss(graft_logits, batch.labels, s_out.logits, decision.y)
             self.policy_optimizer.zero_grad(set_to_none=True)
-            policy_loss.backward()
+            # gradients for the policy and adapters only: the student's come from its own loss
+            # (this also keeps DistributedDataParallel's gradient hooks out of the policy step)
+            params = [p for p in self.router.parameters() if p.requires_grad]
+            policy_loss.backward(inputs=params)
+            average_gradients(params)         # across ranks in a distributed run; a no-op otherwise
             self.policy_optimizer.step()
             out.metrics.update(figures)
         return out

@@ -1,0 +1,223 @@
+"""Images per second of a multi-teacher distillation step: this toolkit's loop vs. the reference
+scripts' way, side by side in one process, on the same device, models and data.
+
+Configuration (CA-MKD's): M teachers (default 3 x resnet32x4) -> a student (default vgg8),
+``--distill inter``, for each ensemble method in ``--methods`` (AVERAGE_LOSS, CAMKD, AEKD).
+
+(a) ours: the device-resident loader (uint8 data on the device, batched crop/flip there), mixed
+    precision and channels_last on CUDA, teachers of one architecture as one batched (vmap)
+    forward on CUDA, the closed-form KD gradient and the exact on-device QP for AEKD, no host
+    synchronisation inside the step;
+(b) the reference scripts' manner (CA-MKD's helper/loops.py): a DataLoader whose workers augment
+    one image at a time, fp32, teachers one after another, ``.item()`` on the loss and accuracy
+    every step, and for AEKD one extra backward pass per teacher plus scikit-learn's OneClassSVM
+    on the CPU every step.
+
+Both compute the same objective (CE + alpha * ensemble KD + beta * ensemble inter loss) with the
+same connectors. Printed: images per second of each, their ratio, peak device memory, and our
+AEKD step time relative to our AVERAGE_LOSS step.
+
+    python benchmarks/bench_student.py --device cuda                       # the real measurement
+    python benchmarks/bench_student.py --size 256 --steps 2 --teachers resnet8 resnet8 --student resnet8
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import dataset  # noqa: E402
+from bench_data import NumpyCifar  # noqa: E402
+from distiller_zoo.KD import kd_loss  # noqa: E402
+from helper.distill import StudentTask, build_terms  # noqa: E402
+from helper.loop import autocast_context  # noqa: E402
+from helper.teachers import TeacherEnsemble  # noqa: E402
+from models import model_dict  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device):
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def options(method, args):
+    return argparse.Namespace(
+        distill="inter", ensemble_method=method, kd_T=4.0, factor=2, convs=False, C=0.6, svm_norm=False,
+        gamma=1.0, alpha=1.0, beta=50.0, distill_decay=False, beta_delay_epochs=0, epochs=240, preact=False,
+        hint_layer=2, logit_stand=False, learning_rate=0.05)
+
+
+def build(method, args, device, num_classes, channels_last):
+    torch.manual_seed(0)
+    teachers = [model_dict[name](num_classes=num_classes) for name in args.teachers]
+    student = model_dict[args.student](num_classes=num_classes)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    ensemble = TeacherEnsemble(teachers, list(args.teachers)).to(device, memory_format=fmt)
+    student = student.to(device, memory_format=fmt)
+    opt = options(method, args)
+    terms = build_terms(opt, student, ensemble, num_classes, num_data=args.size, image_size=32).to(device)
+    task = StudentTask(student, ensemble, terms, opt)
+    optimizer = torch.optim.SGD(task.trainable().parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return task, optimizer
+
+
+def run_ours(method, args, device, num_classes):
+    cuda = device.type == "cuda"
+    task, optimizer = build(method, args, device, num_classes, channels_last=cuda)
+    loaders = dataset.build_loaders("synthetic", batch_size=args.batch_size, device=device, seed=0,
+                                    synthetic_train=args.size, synthetic_test=64, synthetic_classes=num_classes,
+                                    drop_last=True)
+    task.train_mode()
+    reset_peak(device)
+    done, start, images = 0, None, 0
+    loaders.train.set_epoch(1)
+    while done < args.warmup + args.steps:
+        for x, y in loaders.train:
+            if done == args.warmup:
+                sync(device)
+                start = time.perf_counter()
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_context(str(device), cuda):
+                out = task.step((x, y), epoch=2)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            done += 1
+            images += x.shape[0] if done > args.warmup else 0
+            if done == args.warmup + args.steps:
+                break
+    sync(device)
+    return images / (time.perf_counter() - start), peak_memory_mb(device)
+
+
+def reference_weights_svm(grads, nu):
+    """The reference's AEKD weights: scikit-learn's OneClassSVM on the raw Gram, on the CPU."""
+    from sklearn.svm import OneClassSVM
+    m = grads.shape[0]
+    v = grads.reshape(m, grads.shape[1], -1).mean(1)
+    G = (v @ v.T).cpu().double().numpy()
+    svm = OneClassSVM(kernel="precomputed", nu=nu, tol=1e-6).fit(G)
+    w = np.zeros(m)
+    w[svm.support_] = svm.dual_coef_.ravel() / (m * nu)
+    return torch.from_numpy(w).float()
+
+
+def run_reference(method, args, device, num_classes):
+    task, optimizer = build(method, args, device, num_classes, channels_last=False)
+    data = dataset.build_loaders("synthetic", batch_size=args.batch_size, device="cpu", seed=0,
+                                 synthetic_train=args.size, synthetic_test=64,
+                                 synthetic_classes=num_classes).train
+    raw = data._images.index_select(0, data._source).cpu().numpy()       # the same uint8 images
+    spec = data.spec
+    ds = NumpyCifar(raw, data.labels.numpy(), spec.mean, spec.std)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=args.num_workers, pin_memory=device.type == "cuda")
+    student, teachers = task.model, task.teachers.models
+    inter = task.terms[1].distillers
+    M, T, nu = len(teachers), 4.0, min(max(1.0 / (0.6 * len(teachers)), 1.0 / len(teachers)), 1.0)
+    task.train_mode()
+    reset_peak(device)
+    done, start, images = 0, None, 0
+    while done < args.warmup + args.steps:
+        for x, y in loader:
+            if done == args.warmup:
+                sync(device)
+                start = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            feat_s, logit_s = student(x, is_feat=True)
+            with torch.no_grad():
+                outs = [t(x, is_feat=True) for t in teachers]          # one teacher at a time
+            loss_cls = F.cross_entropy(logit_s, y)
+            kd = torch.stack([kd_loss(logit_s, o[1], T) for o in outs])       # [M, B]
+            if method == "AEKD":
+                grads = []
+                handle = logit_s.register_hook(lambda g: grads.append(g.detach().clone()))
+                for m in range(M):                                         # M extra backward passes
+                    optimizer.zero_grad()
+                    kd[m].mean().backward(retain_graph=True)
+                handle.remove()
+                w = reference_weights_svm(torch.stack(grads), nu).to(device)
+                loss_div = (w * kd.mean(1)).sum()
+            elif method == "CAMKD":
+                ce = torch.stack([F.cross_entropy(o[1], y, reduction="none") for o in outs])
+                w = (1 - ce.softmax(0)) / (M - 1)
+                loss_div = (w * kd).sum() / (kd.shape[1] * M)
+            else:
+                loss_div = kd.mean()
+            mse, conf = [], []
+            for m, (d, o) in enumerate(zip(inter, outs)):
+                e = d.embed(F.adaptive_avg_pool2d(feat_s[-2], o[0][-2].shape[-2:]))
+                mse.append((e - o[0][-2]).pow(2).flatten(1).mean(1))
+                conf.append(F.cross_entropy(teachers[m].head(e), y, reduction="none"))
+            mse, conf = torch.stack(mse), torch.stack(conf)
+            w_inter = (1 - conf.softmax(0)) / max(M - 1, 1) if method == "CAMKD" else torch.full_like(mse, 1.0)
+            loss = loss_cls + loss_div + 50.0 * (w_inter.detach() * mse).sum() / (mse.shape[1] * M)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()                                                    # the per-step sync
+            (logit_s.argmax(1) == y).float().mean().item()
+            done += 1
+            images += x.shape[0] if done > args.warmup else 0
+            if done == args.warmup + args.steps:
+                break
+    sync(device)
+    return images / (time.perf_counter() - start), peak_memory_mb(device)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--teachers", nargs="+", default=["resnet32x4"] * 3)
+    parser.add_argument("--student", default="vgg8")
+    parser.add_argument("--methods", default="AVERAGE_LOSS,CAMKD,AEKD")
+    parser.add_argument("--size", type=int, default=5000, help="synthetic CIFAR-100-shaped training images")
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per loop")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--num_workers", type=int, default=4, help="baseline DataLoader workers")
+    parser.add_argument("--skip_reference", action="store_true")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; {len(args.teachers)} teachers {'/'.join(sorted(set(args.teachers)))} -> {args.student}, "
+          f"--distill inter, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}")
+    rows = []
+    for method in methods:
+        ours, ours_mem = run_ours(method, args, device, args.classes)
+        ref, ref_mem = (float("nan"), float("nan")) if args.skip_reference else \
+            run_reference(method, args, device, args.classes)
+        rows.append((method, ours, ref, ours_mem, ref_mem))
+    print(f"{'method':14s} {'ours img/s':>11s} {'reference img/s':>16s} {'ratio':>7s} {'ours MiB':>9s} {'ref MiB':>8s}")
+    for method, ours, ref, om, rm in rows:
+        print(f"{method:14s} {ours:11.0f} {ref:16.0f} {ours / ref:7.2f} {om:9.0f} {rm:8.0f}")
+    rates = {m: o for m, o, *_ in rows}
+    if "AEKD" in rates and "AVERAGE_LOSS" in rates:
+        print(f"ours: AEKD step time / AVERAGE_LOSS step time = {rates['AVERAGE_LOSS'] / rates['AEKD']:.2f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
