@@ -1,0 +1,26 @@
+"""The benchmarks must not rot: each runs at a tiny size (no timing assertions)."""
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+
+@pytest.mark.slow
+def test_student_benchmark_runs_small(capsys):
+    import bench_student
+    rows = bench_student.main(["--device", "cpu", "--size", "128", "--steps", "1", "--warmup", "1",
+                               "--teachers", "resnet8", "resnet8", "--student", "resnet8", "--classes", "10",
+                               "--num_workers", "0", "--batch_size", "32"])
+    out = capsys.readouterr().out
+    assert [r[0] for r in rows] == ["AVERAGE_LOSS", "CAMKD", "AEKD"]
+    assert all(r[1] > 0 and r[2] > 0 for r in rows)
+    assert "ratio" in out and "AEKD step time / AVERAGE_LOSS step time" in out
+
+
+def test_data_benchmark_runs_small(capsys):
+    import bench_data
+    bench_data.main(["--size", "256", "--batches", "2", "--num_workers", "0"])
+    assert "ratio" in capsys.readouterr().out
