@@ -162,6 +162,8 @@ def run_name(args, teacher_archs):
             name += f"_{args.C}" + ("_svmnorm" if args.svm_norm else "")
     else:
         name += f"_{arch_str}"
+    if getattr(args, "logit_stand", False):
+        name += "_ls"
     if getattr(args, "spot_adaptive", False):
         name += f"_spot-{args.spot_mode}"
     return name

@@ -26,10 +26,13 @@ def get_strategy(method: str, opt=None):
 
 
 @torch.no_grad()
-def ensemble_weights(method, teacher_logits, labels, student_logits, T=4.0, C=0.6, svm_norm=False):
+def ensemble_weights(method, teacher_logits, labels, student_logits, T=4.0, C=0.6, svm_norm=False,
+                     logit_stand=False):
     """Per-teacher, per-sample weights ``[M, B]`` of a strategy for the KD loss at temperature T.
 
-    ``teacher_logits`` ``[M, B, C]``, ``labels`` ``[B]``, ``student_logits`` ``[B, C]``."""
+    ``teacher_logits`` ``[M, B, C]``, ``labels`` ``[B]``, ``student_logits`` ``[B, C]``.
+    ``logit_stand``: the KD losses (and AEKD's gradients) are those of standardized logits, as
+    under ``--logit-stand``; EBKD's entropies and CAMKD's cross-entropies always read raw logits."""
     teacher_logits = torch.as_tensor(teacher_logits)
     if teacher_logits.dim() != 3:
         raise ValueError(f"teacher_logits must be [M, B, C], got shape {tuple(teacher_logits.shape)}")
@@ -37,8 +40,9 @@ def ensemble_weights(method, teacher_logits, labels, student_logits, T=4.0, C=0.
     M = teacher_logits.shape[0]
     if M < strategy.min_teachers:
         raise ValueError(f"{method} needs at least {strategy.min_teachers} teachers, got {M}")
-    losses = torch.stack([kd_loss(student_logits, t, T) for t in teacher_logits])
+    losses = torch.stack([kd_loss(student_logits, t, T, logit_stand) for t in teacher_logits])
     inputs = EnsembleInputs(
         teacher_logits=teacher_logits, labels=labels, student_logits=student_logits, losses=losses,
-        gradients=lambda: torch.stack([kd_logit_grad(student_logits, t, T).mean(0) for t in teacher_logits]))
+        gradients=lambda: torch.stack([kd_logit_grad(student_logits, t, T, logit_stand).mean(0)
+                                       for t in teacher_logits]))
     return strategy.weights(inputs)

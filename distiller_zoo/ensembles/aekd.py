@@ -8,8 +8,9 @@ Gram matrix ``G = V V^T``: ``min 1/2 a^T G a`` with ``0 <= a_m <= 1/(nu M)``, ``
 normalised first and the weights are then divided by ``||v_m||`` and renormalised, as the reference.
 
 Differences from the reference scripts, on purpose:
-- For the KD term the gradient is the closed form ``T (softmax(s/T) - softmax(t/T)) / B``, not M
-  extra backward passes; for other terms it is taken w.r.t. the loss's student anchor only.
+- For the KD term the gradient is the closed form ``T (softmax(s/T) - softmax(t/T)) / B`` (under
+  ``--logit-stand`` taken at the standardized logits and chained through the standardization),
+  not M extra backward passes; for other terms it is taken w.r.t. the loss's student anchor only.
 - The QP is solved exactly on the device (``distiller_zoo.qp``) instead of scikit-learn's
   OneClassSVM on the CPU. Without ``--svm_norm`` the reference's libsvm stops at its starting
   point because the Gram entries are tiny (about 1e-7): its weights are then always 0.6/0.4/0
