@@ -51,7 +51,7 @@ from torch import Tensor
 
 from .base import Distiller, LossTerm, add_argument_once
 from .DKD import dkd_terms, warmup_factor
-from .KD import as_float, standardize
+from .KD import as_float, logit_stand_scale, standardize
 from .registry import register_distiller
 
 _SHARED_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # student -> shared layer
@@ -119,14 +119,7 @@ class AEKT(Distiller):
 
     @classmethod
     def configure(cls, args, given):
-        if not getattr(args, "logit_stand", False):
-            return []
-        w = float(args.kd_weight)
-        old = (args.aekt_alpha, args.aekt_beta)
-        args.aekt_alpha, args.aekt_beta = old[0] * w, old[1] * w
-        return [f"--logit-stand: --aekt_alpha {old[0]} -> {args.aekt_alpha}, --aekt_beta {old[1]} -> "
-                f"{args.aekt_beta} (times --kd-weight {w}); logits Z-scored per sample, temperature "
-                f"--base-temp {args.base_temp}"]
+        return logit_stand_scale(args, ("aekt_alpha", "aekt_beta"))
 
     def __init__(self, ctx):
         super().__init__(ctx)

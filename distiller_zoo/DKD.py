@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Distiller, LossTerm, add_argument_once
-from .KD import as_float, standardize
+from .KD import as_float, logit_stand_scale, standardize
 from .registry import register_distiller
 
 
@@ -91,14 +91,7 @@ class DKD(Distiller):
 
     @classmethod
     def configure(cls, args, given):
-        if not getattr(args, "logit_stand", False):
-            return []
-        w = float(args.kd_weight)
-        old = (args.dkd_alpha, args.dkd_beta)
-        args.dkd_alpha, args.dkd_beta = old[0] * w, old[1] * w
-        return [f"--logit-stand: --dkd_alpha {old[0]} -> {args.dkd_alpha}, --dkd_beta {old[1]} -> {args.dkd_beta} "
-                f"(times --kd-weight {w}), CE weight unchanged; logits Z-scored per sample, temperature "
-                f"--base-temp {args.base_temp}"]
+        return logit_stand_scale(args, ("dkd_alpha", "dkd_beta"), ", CE weight unchanged")
 
     def __init__(self, ctx):
         super().__init__(ctx)

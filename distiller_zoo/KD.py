@@ -21,7 +21,7 @@ standardization when the flag is on.
 """
 from __future__ import annotations
 
-from typing import List, Union
+from typing import List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,21 @@ def kd_logit_grad(s: Tensor, t: Tensor, T: float, logit_stand: bool = False) -> 
 def kd_temperature(opt) -> float:
     """``--base-temp`` under ``--logit-stand``, else ``--kd_T``."""
     return opt.base_temp if getattr(opt, "logit_stand", False) else opt.kd_T
+
+
+def logit_stand_scale(args, flags: Sequence[str], note: str = "") -> List[str]:
+    """Under ``--logit-stand``, multiply each of a loss's own weight flags (``dkd_alpha``, ...) by
+    ``--kd-weight`` (DKD-like losses: the CE weight stays). Returns a note for the log."""
+    if not getattr(args, "logit_stand", False):
+        return []
+    w = float(args.kd_weight)
+    changes = []
+    for flag in flags:
+        old = float(getattr(args, flag))
+        setattr(args, flag, old * w)
+        changes.append(f"--{flag} {old} -> {old * w}")
+    return [f"--logit-stand: {', '.join(changes)} (times --kd-weight {w}){note}; logits Z-scored per "
+            f"sample, temperature --base-temp {args.base_temp}"]
 
 
 def logit_stand_weights(args, given: set, who: str, temperature: str = "") -> List[str]:

@@ -19,6 +19,18 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny tensors or small runs: on a loaded 2-core machine
+    every OpenMP region can wait a scheduler time slice for its second thread, which made such
+    files several times slower. Restores the thread count afterwards. Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TEACHER_EPOCHS = 8
 
 

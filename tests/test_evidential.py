@@ -33,12 +33,7 @@ LAM = EKD_PRIOR
 c = math.exp(LAM)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def logits(B=6, K=C, scale=3.0, seed=0, dtype=torch.float64):

@@ -24,11 +24,9 @@ FAST = ["--epochs", "4", "--lr_decay_epochs", "3", "--batch_size", "32"]
 
 
 @pytest.fixture
-def save_dir(student_save_dir):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield student_save_dir
-    torch.set_num_threads(n)
+def save_dir(student_save_dir, one_torch_thread):
+    """The session's teachers (trained first, with every thread), then one thread for these runs."""
+    return student_save_dir
 
 
 def manifest(save_dir):

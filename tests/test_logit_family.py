@@ -69,13 +69,7 @@ T_ = np.array([[3.0, -2.0, 1.0, 5.0, -1.0],
 Y = np.array([3, 4, 1, 0])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: OpenMP regions on a loaded 2-core machine cost more than they save."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tt(a, dtype=torch.float64):

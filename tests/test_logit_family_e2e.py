@@ -17,14 +17,9 @@ THREE_CAMKD = ["--teacher_num", "3", "--ensemble_method", "CAMKD"]
 
 
 @pytest.fixture
-def save_dir(student_save_dir):
-    """The session's teachers (trained first, with the default thread count), then one thread for
-    these small runs: on a loaded 2-core machine spinning OpenMP threads made them several times
-    slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield student_save_dir
-    torch.set_num_threads(n)
+def save_dir(student_save_dir, one_torch_thread):
+    """The session's teachers (trained first, with every thread), then one thread for these runs."""
+    return student_save_dir
 
 
 def _args(run_dir):

@@ -44,14 +44,7 @@ def context(s_shapes, t_shapes, **kw):
                         num_classes=NUM_CLASSES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and immune to a busy machine
-    (spinning OpenMP threads made this file several times slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ calling the code under test), per-sample shares that average to the batch loss, 
 that sum to them, gradients that reach the student and its connectors and never a teacher, a
 cross-family pair and three teachers of different families under every ensemble strategy, the
 connector init stage, and CRD's memory bank and negative sampling."""
-import math
 
 import pytest
 import torch
@@ -24,13 +23,7 @@ LOSSES = {"vid": 1.0, "abound": 1.0, "factor": 200.0, "fsp": 50.0, "crd": 0.8}
 INIT_STAGE = ("abound", "factor", "fsp")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def options(distill="vid", method="AVERAGE_LOSS", **kw):
