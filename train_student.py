@@ -51,6 +51,8 @@ def build_parser():
                    help="do not evaluate the teachers before training")
     g.add_argument("--fuse_teachers", action=argparse.BooleanOptionalAction, default=None,
                    help="run teachers of one architecture as one batched (vmap) forward (default: on for CUDA)")
+    g.add_argument("--tag", type=str, default="",
+                   help="appended to the run folder name, for runs that differ only in flags the name does not show")
 
     g = parser.add_argument_group("distillation (CA-MKD / RepDistiller)")
     g.add_argument("--distill", type=str, default="kd", choices=sorted(DISTILLERS))
@@ -123,6 +125,8 @@ def parse_args(argv=None):
     if args.teacher_num < need:
         fail(parser, f"--ensemble_method {args.ensemble_method} needs at least {need} teachers, "
                      f"got --teacher_num {args.teacher_num}")
+    if not all(ch.isalnum() or ch in "-_.=~" for ch in args.tag):
+        fail(parser, f"--tag {args.tag!r}: use letters, digits and - _ . = ~ only (it names a folder)")
     if args.beta_delay_epochs < 0:
         fail(parser, f"--beta_delay_epochs must be non-negative, got {args.beta_delay_epochs}")
     spot_adaptive.validate(parser, args)
@@ -160,12 +164,16 @@ def run_name(args, teacher_archs):
         name += f"_{args.teacher_num}_{arch_str}_{args.ensemble_method}"
         if args.ensemble_method == "AEKD":
             name += f"_{args.C}" + ("_svmnorm" if args.svm_norm else "")
+        elif args.ensemble_method == "EVIDENTIAL":
+            name += f"_{args.evidential_mode}" + ("_uncal" if args.evidential_calibrate == "none" else "")
     else:
         name += f"_{arch_str}"
     if getattr(args, "logit_stand", False):
         name += "_ls"
     if getattr(args, "spot_adaptive", False):
         name += f"_spot-{args.spot_mode}"
+    if args.tag:
+        name += f"_{args.tag}"
     return name
 
 

@@ -21,8 +21,8 @@ from distiller_zoo.dirichlet import (digamma_minus_log, dirichlet_kl, distributi
                                      expected_ce, mean_kl, second_order_alpha, uncertainty_exp)
 from distiller_zoo.DKD import dkd_loss
 from distiller_zoo.EKD import EKD, EKD_PRIOR, ekd_terms
-from distiller_zoo.ensembles.evidential import (Evidential, certainty_weights, evidence_shares, pooled_alpha,
-                                                pooled_logits, uncertainty)
+from distiller_zoo.ensembles.evidential import (Evidential, calibrated_sharpness, certainty_weights,
+                                                evidence_shares, pooled_alpha, pooled_logits, uncertainty)
 from distiller_zoo.KD import kd_loss
 from helper.distill import StudentTask, build_terms
 from helper.teachers import TeacherEnsemble
@@ -336,19 +336,78 @@ def stack(M=3, B=8, seed=0, scales=(4.0, 1.0, 0.2)):
 def test_certainty_weights_match_the_formula_and_sum_to_one():
     t = stack()
     M, B, K = t.shape
-    w = ensemble_weights("EVIDENTIAL", t, labels(B), logits(B, seed=9, dtype=torch.float32))
+    y = labels(B)
+    w = ensemble_weights("EVIDENTIAL", t, y, logits(B, seed=9, dtype=torch.float32))
     assert w.shape == (M, B) and not w.requires_grad
+    beta = calibrated_sharpness(t, y).numpy()
     for i in range(B):
         u = []
         for m in range(M):
             z = t[m, i].double().numpy()
-            S = np.exp(z - z.mean()).sum() + K * c
+            S = np.exp(beta[m] * (z - z.mean())).sum() + K * c
             u.append(K * c / S)
         expected = softmax_np(-np.array(u) / 0.05)
         np.testing.assert_allclose(w[:, i].numpy(), expected, rtol=1e-5, atol=1e-7)
     assert torch.allclose(w.sum(0), torch.ones(B), atol=1e-6)
     # the confident teacher (scale 4) outweighs the flat one (scale 0.2) on average
     assert w[0].mean() > w[2].mean()
+
+
+def brute_force_sharpness(z, y, grid=20001):
+    """The minimiser over a fine grid of [0, 1] of the batch NLL of softmax(beta * z)."""
+    betas = torch.linspace(0, 1, grid, dtype=torch.float64)
+    z = z.double()
+    nll = torch.stack([(torch.logsumexp(b * z, -1) - b * z.gather(1, y[:, None]).squeeze(1)).mean()
+                       for b in betas])
+    return betas[nll.argmin()].item()
+
+
+def confidently_wrong_batch(B=64, seed=0):
+    """Teacher 0 and 1 right with margin 8; teacher 2 says class 5 with margin 20 whatever the
+    label (a collapsed one-epoch network); teacher 3 like 0 but wrong on 4 samples."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, C, (B,), generator=g)
+    good = [torch.randn(B, C, generator=g) for _ in range(2)]
+    for z in good:
+        z[torch.arange(B), y] += 8
+    wrong = torch.randn(B, C, generator=g)
+    wrong[:, 5] += 20
+    noisy = good[0].clone()
+    noisy[:4] = wrong[:4]
+    return torch.stack([good[0], good[1], wrong, noisy]), y
+
+
+def test_calibrated_sharpness_is_the_nll_minimiser_on_zero_to_one():
+    t, y = confidently_wrong_batch()
+    beta = calibrated_sharpness(t, y)
+    assert beta.shape == (4,) and not beta.requires_grad
+    for m in range(4):
+        assert beta[m].item() == pytest.approx(brute_force_sharpness(t[m], y), abs=1e-4)
+    assert beta[0] == 1.0 and beta[1] == 1.0          # always right: never sharpened beyond 1
+    assert beta[2] < 1e-6                               # wrong on ~90%: flattened to flat evidence
+    assert 0.2 < beta[3] < 0.9                          # a few confident mistakes: tempered
+    # shift-invariant per sample (softmax), and a scaled teacher gets the reciprocal sharpness
+    shifted = t + torch.randn(4, t.shape[1], 1)
+    assert torch.allclose(calibrated_sharpness(shifted, y), beta, atol=1e-6)
+    assert calibrated_sharpness(t[3:] * 2.0, y).item() == pytest.approx(beta[3].item() / 2.0, abs=1e-4)
+
+
+def test_calibration_takes_a_confidently_wrong_teacher_out_of_the_pool():
+    t, y = confidently_wrong_batch()
+    raw_share = evidence_shares(t).mean(1)
+    assert raw_share[2] > raw_share[[0, 1]].max()       # uncalibrated: its huge logits dominate
+    beta = calibrated_sharpness(t, y)
+    share = evidence_shares(t, sharpness=beta).mean(1)
+    assert share[2] < 0.01 and share[2] < share[[0, 1, 3]].min()
+    good = Evidential(options("kd"))
+    target = good.pooled_teacher([NetOutput(feats=[], logits=z) for z in t], Batch(t[0], y), "logit")
+    assert (target.logits.argmax(1) == y).float().mean() > 0.9
+    plain = Evidential(options("kd", evidential_calibrate="none"))
+    target = plain.pooled_teacher([NetOutput(feats=[], logits=z) for z in t], Batch(t[0], y), "logit")
+    assert torch.allclose(target.logits, pooled_logits(t))
+    assert (target.logits.argmax(1) == y).float().mean() < 0.5    # what calibration prevents
+    w = ensemble_weights("EVIDENTIAL", t, y, t[0])
+    assert w[2].mean() < w[[0, 1]].mean(1).min()
 
 
 def test_uncertain_teacher_adds_little_to_the_pool_and_agreeing_teachers_add_up():
@@ -442,7 +501,8 @@ def test_pool_mode_distils_the_virtual_teacher_alone_with_weight_one():
     b = Batch(images=x, labels=y, epoch=1)
     loss, weights, results = term(s_out, t_outs, b)
     assert weights.shape == (1, 4) and torch.all(weights == 1) and len(results) == 1
-    zv = pooled_logits(torch.stack([t.logits for t in t_outs]))
+    stacked = torch.stack([t.logits for t in t_outs])
+    zv = pooled_logits(stacked, sharpness=calibrated_sharpness(stacked, y))
     assert loss.item() == pytest.approx(kd_loss(s_out.logits, zv, 4.0).mean().item(), rel=1e-6)
 
 
@@ -456,7 +516,8 @@ def test_weight_mode_and_feature_terms_use_the_certainty_weights():
     _, w_kd, _ = kd_term(s_out, t_outs, b)
     assert w_kd.shape == (1, 4)                                         # the logit term is pooled
     loss, w, results = hint_term(s_out, t_outs, b)
-    expected_w = certainty_weights(torch.stack([t.logits for t in t_outs]))
+    stacked = torch.stack([t.logits for t in t_outs])
+    expected_w = certainty_weights(stacked, sharpness=calibrated_sharpness(stacked, y))
     assert w.shape == (3, 4) and torch.allclose(w, expected_w, atol=1e-6)
     losses = torch.stack([r.per_sample for r in results])
     assert loss.item() == pytest.approx(combine(expected_w, losses).item(), rel=1e-5)

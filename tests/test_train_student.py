@@ -97,6 +97,7 @@ def one_line_error(capsys):
     (["--teacher_num", "0"], "--teacher_num must be at least 1"),
     (["--teachers", "a", "--path_t", "b"], "not both"),
     (["--model_s", "resnet9000"], "--model_s 'resnet9000'"),
+    (["--tag", "a/b"], "--tag 'a/b'"),
 ])
 def test_bad_flags(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -134,3 +135,18 @@ def test_teacher_checkpoint_of_unknown_architecture(tmp_path, capsys):
     code, run_dir, metrics = run_student(str(tmp_path), "--path_t", str(path), "--model_t", "resnet8",
                                          "--epochs", "1", "--batch_size", "256")
     assert code == 0 and len(metrics) == 1
+
+
+@pytest.mark.parametrize("argv, suffix", [
+    (["--teacher_num", "3", "--ensemble_method", "CAMKD"], "_3_resnet8_CAMKD"),
+    (["--teacher_num", "3", "--ensemble_method", "AEKD", "--svm_norm"], "_3_resnet8_AEKD_0.6_svmnorm"),
+    (["--teacher_num", "3", "--ensemble_method", "EVIDENTIAL"], "_3_resnet8_EVIDENTIAL_pool"),
+    (["--teacher_num", "3", "--ensemble_method", "EVIDENTIAL", "--evidential_mode", "weight",
+      "--evidential_calibrate", "none", "--tag", "lr-sweep_1"], "_3_resnet8_EVIDENTIAL_weight_uncal_lr-sweep_1"),
+    (["--logit-stand", "--tag", "x"], "_resnet8_ls_x"),
+])
+def test_run_name_shows_the_flags_that_tell_runs_apart(argv, suffix):
+    _, args = train_student.parse_args(["--dataset", "digits"] + argv)
+    train_student.resolve_loss_weights(args, lambda note: None)
+    name = train_student.run_name(args, ["resnet8"] * args.teacher_num)
+    assert name.startswith("S~resnet8_digits_kd_") and name.endswith(suffix), name
