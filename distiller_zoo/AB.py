@@ -46,19 +46,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Distiller, LossTerm, add_argument_once
 from .AT import add_pairing_argument
 from .connectors import ConvReg, full_precision, no_autocast
+from .init_stage_loss import InitStageLoss, student_grad_share
 from .registry import register_distiller
 from .VID import paired_maps
-
-
-def student_grad_share(x, share: float):
-    """``x`` in value, ``share * d/dx`` in gradient (a student tensor shared by M teachers' losses)."""
-    if share == 1.0:
-        return x
-    detached = x.detach()
-    return detached + (x - detached) * share
 
 
 def ab_elementwise(source, target, margin=1.0):
@@ -68,8 +60,7 @@ def ab_elementwise(source, target, margin=1.0):
 
 
 @register_distiller("abound")
-class ActivationBoundaries(Distiller):
-    kind = "feature"
+class ActivationBoundaries(InitStageLoss):
     default_weight = 1.0
     needs_preact = True
     margin = 1.0
@@ -78,9 +69,7 @@ class ActivationBoundaries(Distiller):
     @classmethod
     def add_arguments(cls, parser):
         add_pairing_argument(parser)
-        add_argument_once(parser, "--main_phase_loss", action="store_true",
-                          help="abound/fsp: keep the loss (times -b) after the init stage; RepDistiller "
-                               "(default) uses it only in the --init_epochs stage")
+        super().add_arguments(parser)
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -97,8 +86,7 @@ class ActivationBoundaries(Distiller):
         L = len(self.pairs)
         self.register_buffer("layer_weights", torch.tensor([2.0 ** (l - L + 1) for l in range(L)]),
                              persistent=False)
-        self.main_phase = bool(getattr(ctx.opt, "main_phase_loss", False))
-        self.student_share = 1.0 / max(ctx.num_teachers, 1)
+        self.num_layers = L
 
     def per_layer(self, s, t, share=1.0):
         """``[L, B]``: each layer's weighted, scaled element sum per sample."""
@@ -110,18 +98,5 @@ class ActivationBoundaries(Distiller):
                                            self.margin).flatten(1).sum(1))
         return torch.stack(rows) * (self.layer_weights[:, None] * self.scale)
 
-    def forward(self, s, t, batch):
-        anchor = s.feats[1]
-        if not self.main_phase:
-            B = anchor.shape[0]
-            return LossTerm(anchor.new_zeros(B), anchor=anchor, anchor_grad=torch.zeros_like(anchor),
-                            per_layer=anchor.new_zeros(len(self.pairs), B))
-        per_layer = self.per_layer(s, t)
-        return LossTerm(per_layer.sum(0), anchor=anchor, per_layer=per_layer)
-
-    # -- init stage: connectors and the student's feature modules -------------------------------
-    def init_stage_modules(self, student):
-        return [self.connectors, student.get_feat_modules()]
-
-    def init_stage_loss(self, s, t, batch):
-        return self.per_layer(s, t, share=self.student_share).sum(0).mean()
+    def anchor_of(self, s):
+        return s.feats[1]

@@ -42,9 +42,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .AB import student_grad_share
-from .base import Distiller, LossTerm, add_argument_once
 from .connectors import full_precision, no_autocast
+from .init_stage_loss import InitStageLoss, student_grad_share
 from .registry import register_distiller
 from .VID import match_spatial
 
@@ -64,15 +63,8 @@ def channel_connector(s_channels, t_channels):
 
 
 @register_distiller("fsp")
-class FSP(Distiller):
-    kind = "feature"
+class FSP(InitStageLoss):
     default_weight = 50.0
-
-    @classmethod
-    def add_arguments(cls, parser):
-        add_argument_once(parser, "--main_phase_loss", action="store_true",
-                          help="abound/fsp: keep the loss (times -b) after the init stage; RepDistiller "
-                               "(default) uses it only in the --init_epochs stage")
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -86,8 +78,7 @@ class FSP(Distiller):
         self.connectors = nn.ModuleList([
             nn.Identity() if s_maps[k][0] == t_maps[k][0] else channel_connector(s_maps[k][0], t_maps[k][0])
             for k in range(n)])
-        self.main_phase = bool(getattr(ctx.opt, "main_phase_loss", False))
-        self.student_share = 1.0 / max(ctx.num_teachers, 1)
+        self.num_layers = n - 1
 
     def per_layer(self, s, t, share=1.0):
         """``[P, B]``: each FSP pair's mean squared difference per sample."""
@@ -98,18 +89,5 @@ class FSP(Distiller):
             return torch.stack([(gs - gt).pow(2).flatten(1).mean(1)
                                 for gs, gt in zip(fsp_matrices(s_maps), fsp_matrices(t_maps))])
 
-    def forward(self, s, t, batch):
-        anchor = s.feats[0]
-        if not self.main_phase:
-            B = anchor.shape[0]
-            return LossTerm(anchor.new_zeros(B), anchor=anchor, anchor_grad=torch.zeros_like(anchor),
-                            per_layer=anchor.new_zeros(self.num_maps - 1, B))
-        per_layer = self.per_layer(s, t)
-        return LossTerm(per_layer.sum(0), anchor=anchor, per_layer=per_layer)
-
-    # -- init stage: the student's feature modules (and connectors) -----------------------------
-    def init_stage_modules(self, student):
-        return [self.connectors, student.get_feat_modules()]
-
-    def init_stage_loss(self, s, t, batch):
-        return self.per_layer(s, t, share=self.student_share).sum(0).mean()
+    def anchor_of(self, s):
+        return s.feats[0]
