@@ -45,6 +45,8 @@ Deliberate differences from RepDistiller:
   about 1.6e6 and would overflow half precision.
 - The bank is updated only in training mode (a forward in eval mode leaves it unchanged), and with
   ``l2`` normalisation guarded by an epsilon.
+- Under ``torchrun`` each rank's rows (indices and embeddings) are gathered from all ranks before
+  the update, so every rank's bank receives the whole global batch, as one process would.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ import math
 import warnings
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -72,6 +75,26 @@ class NormalizedEmbed(nn.Module):
 
     def forward(self, x):
         return F.normalize(self.linear(x.flatten(1)), dim=1)
+
+
+def gather_from_ranks(*tensors):
+    """Each tensor concatenated over the ranks of a running process group, in rank order (the
+    tensors themselves without one). Ranks may hold different numbers of rows."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    world = dist.get_world_size()
+    count = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    out = []
+    for t in tensors:
+        padded = t.new_zeros((max(counts),) + tuple(t.shape[1:]))
+        padded[:t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([part[:c] for part, c in zip(parts, counts)]))
+    return out
 
 
 def nce_per_sample(scores, num_data):
@@ -174,6 +197,9 @@ class CRD(Distiller):
 
     @torch.no_grad()
     def update_memory(self, idx, v_s, v_t):
+        # Under torchrun every rank applies every rank's rows, so the banks stay identical (DDP
+        # would otherwise overwrite them with rank 0's at the next forward, losing the other shards).
+        idx, v_s, v_t = gather_from_ranks(idx, v_s.detach(), v_t.detach())
         for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
             rows = bank[idx] * self.momentum + v.detach() * (1 - self.momentum)
             bank.index_copy_(0, idx, F.normalize(rows, dim=1))

@@ -73,6 +73,25 @@ def test_student_under_torchrun_with_connectors(tmp_path, student_save_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_crd_memory_banks_receive_every_ranks_rows(tmp_path, student_save_dir):
+    """Every training image is in one rank's shard once per epoch; after one epoch every row of both
+    banks has been written (a written row is unit-norm, an initial one is not), on both ranks alike."""
+    proc = torchrun(tmp_path, "train_student", ["--dataset", "digits", "--save_dir", student_save_dir, "--quiet",
+                                                "--model_s", "resnet8", "--teacher_num", "1", "--distill", "crd",
+                                                "--nce_k", "64", "--epochs", "1", "--batch_size", "128",
+                                                "--beta_delay_epochs", "0", "--skip_validation"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = os.path.join(student_save_dir, "students", os.listdir(os.path.join(student_save_dir, "students"))[0])
+    ckpt = torch.load(os.path.join(run_dir, "resnet8_last.pth"), weights_only=True)
+    banks = {k: v for k, v in ckpt["extra"]["distill"].items() if k.endswith(("memory_s", "memory_t"))}
+    assert len(banks) == 2
+    for name, bank in banks.items():
+        assert bank.shape[0] == 1442
+        norms = bank.norm(dim=1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4), (name, (norms - 1).abs().gt(1e-4).sum())
+
+
 @pytest.mark.parametrize("preact", [False, True])
 def test_fused_teacher_forward_equals_separate_forwards(preact):
     torch.manual_seed(0)
