@@ -1,8 +1,8 @@
 """AEKT: "Adaptive Explicit Knowledge Transfer for Knowledge Distillation" (Park & Lee,
 arXiv:2409.01679, 2024), ``--distill aekt``.
 
-What the paper's text says (its abstract and summary are all that could be read; no code was
-found): (i) a gradient analysis shows that DKD's decoupled non-target term adaptively controls how
+What the paper's text says (its abstract and third-party summaries are all that could be read; no
+code was found; a summary confirms the ratio-based weight and the FC "task serialization" layer): (i) a gradient analysis shows that DKD's decoupled non-target term adaptively controls how
 much *implicit* knowledge (the teacher's distribution over the non-target classes) is learned;
 (ii) a new loss makes the student also learn *explicit* knowledge, the teacher's confidence in the
 target class, adaptively, with a weight set by the ratio of the teacher's to the student's target
