@@ -46,11 +46,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .AT import add_pairing_argument
+from .AT import add_pairing_argument, paired_maps
 from .connectors import ConvReg, full_precision, no_autocast
 from .init_stage_loss import InitStageLoss, student_grad_share
 from .registry import register_distiller
-from .VID import paired_maps
 
 
 def ab_elementwise(source, target, margin=1.0):

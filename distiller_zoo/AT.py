@@ -94,11 +94,20 @@ def attention_loss(f_s, f_t, p: int = 2):
     return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean(1)
 
 
-@register_distiller("attention")
-class Attention(Distiller):
+def paired_maps(name, ctx):
+    """``[(student index, teacher index)]`` of ``feats[1:-1]`` by the run's ``--feat_pairing`` rule;
+    errors name the loss."""
+    try:
+        return pair_feature_maps(ctx.student_shapes, ctx.teacher_shapes, getattr(ctx.opt, "feat_pairing", "last"))
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
+
+
+class PairedMapsLoss(Distiller):
+    """Base of the losses that compare paired intermediate maps (attention, nst, kdsvd, vid): owns
+    ``--feat_pairing`` and sets ``pairs`` and ``layer_ids`` (the student feature index of each
+    ``per_layer`` row, which spot-adaptive routing reads)."""
     kind = "feature"
-    default_weight = 1000.0
-    p = 2
 
     @classmethod
     def add_arguments(cls, parser):
@@ -106,9 +115,14 @@ class Attention(Distiller):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.pairs = pair_feature_maps(ctx.student_shapes, ctx.teacher_shapes,
-                                       getattr(ctx.opt, "feat_pairing", "last"))
-        self.layer_ids = [i for i, _ in self.pairs]     # student feature index of each per_layer row
+        self.pairs = paired_maps(self.name, ctx)
+        self.layer_ids = [i for i, _ in self.pairs]
+
+
+@register_distiller("attention")
+class Attention(PairedMapsLoss):
+    default_weight = 1000.0
+    p = 2
 
     def forward(self, s, t, batch):
         anchor = s.feats[self.pairs[-1][0]]

@@ -36,8 +36,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .AT import add_pairing_argument, pair_feature_maps
-from .base import Distiller, LossTerm
+from .AT import PairedMapsLoss
+from .base import LossTerm
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -99,19 +99,12 @@ def kdsvd_losses(maps_s, maps_t, k: int = 1):
 
 
 @register_distiller("kdsvd")
-class KDSVD(Distiller):
-    kind = "feature"
+class KDSVD(PairedMapsLoss):
     default_weight = 1.0
     k = 1
 
-    @classmethod
-    def add_arguments(cls, parser):
-        add_pairing_argument(parser)
-
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.pairs = pair_feature_maps(ctx.student_shapes, ctx.teacher_shapes,
-                                       getattr(ctx.opt, "feat_pairing", "last"))
         if len(self.pairs) < 2:
             raise ValueError("kdsvd relates consecutive maps: it needs at least two paired maps")
         for i, j in self.pairs:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .AT import add_pairing_argument, pair_feature_maps, pool_to_smaller
-from .base import Distiller, LossTerm
+from .AT import PairedMapsLoss, pool_to_smaller
+from .base import LossTerm
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -43,19 +43,8 @@ def nst_loss(f_s, f_t):
 
 
 @register_distiller("nst")
-class NST(Distiller):
-    kind = "feature"
+class NST(PairedMapsLoss):
     default_weight = 50.0
-
-    @classmethod
-    def add_arguments(cls, parser):
-        add_pairing_argument(parser)
-
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        self.pairs = pair_feature_maps(ctx.student_shapes, ctx.teacher_shapes,
-                                       getattr(ctx.opt, "feat_pairing", "last"))
-        self.layer_ids = [i for i, _ in self.pairs]     # student feature index of each per_layer row
 
     def forward(self, s, t, batch):
         anchor = s.feats[self.pairs[-1][0]]

@@ -39,8 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .AT import add_pairing_argument, pair_feature_maps
-from .base import Distiller, LossTerm
+from .AT import PairedMapsLoss
+from .base import LossTerm
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -52,14 +52,6 @@ def match_spatial(s, t):
     if s.shape[-2] * s.shape[-1] > t.shape[-2] * t.shape[-1]:
         return F.adaptive_avg_pool2d(s, tuple(t.shape[-2:])), t
     return s, F.adaptive_avg_pool2d(t, tuple(s.shape[-2:]))
-
-
-def paired_maps(name, ctx):
-    """``[(student index, teacher index)]`` of ``feats[1:-1]`` by the shared ``--feat_pairing`` rule."""
-    try:
-        return pair_feature_maps(ctx.student_shapes, ctx.teacher_shapes, getattr(ctx.opt, "feat_pairing", "last"))
-    except ValueError as exc:
-        raise ValueError(f"{name} {exc}") from None
 
 
 class VIDRegressor(nn.Module):
@@ -91,18 +83,11 @@ class VIDRegressor(nn.Module):
 
 
 @register_distiller("vid")
-class VID(Distiller):
-    kind = "feature"
+class VID(PairedMapsLoss):
     default_weight = 1.0
-
-    @classmethod
-    def add_arguments(cls, parser):
-        add_pairing_argument(parser)
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.pairs = paired_maps("vid", ctx)
-        self.layer_ids = [i for i, _ in self.pairs]     # student feature index of each per_layer row
         self.layers = nn.ModuleList([VIDRegressor(ctx.student_shapes[i][0], ctx.teacher_shapes[j][0])
                                      for i, j in self.pairs])
 
