@@ -3,6 +3,7 @@
 End-to-end tests call the scripts' ``main(argv)`` in-process (no interpreter start-up per run)
 and read what the run wrote.
 """
+import contextlib
 import json
 import os
 
@@ -82,3 +83,25 @@ def student_save_dir(digits_teachers, tmp_path):
     with open(tmp_path / "manifest.json", "w") as f:
         json.dump(data, f)
     return str(tmp_path)
+
+
+class Interrupt(Exception):
+    """What a killed job looks like to the training loop: an exception in the middle of a step."""
+
+
+@contextlib.contextmanager
+def dies_at_step(task_cls, epoch, step=1):
+    """Within the block, ``task_cls.step`` raises ``Interrupt`` at the ``step``-th step of ``epoch``
+    (counted from 1), as a job killed there would stop; the class is restored afterwards."""
+    original = task_cls.step
+    calls = {"n": 0}
+
+    def interrupted(self, batch, e):
+        if e == epoch:
+            calls["n"] += 1
+            if calls["n"] == step:
+                raise Interrupt()
+        return original(self, batch, e)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(task_cls, "step", interrupted)
+        yield

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distiller_zoo import DISTILLERS, ENSEMBLES
 from distiller_zoo.base import Batch, NetOutput
 from distiller_zoo.KD import kd_loss
 from helper.distill import StudentTask, build_terms, loss_weights

@@ -10,14 +10,10 @@ import train_teacher
 from helper.loop import ClassifierTask
 from helper.results import find_runs, tables
 
-from conftest import run_student
+from conftest import Interrupt, dies_at_step, run_student
 
 SUMMARIZE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "summarize.py")
 TINY = ["--model", "resnet8", "--dataset", "digits", "--epochs", "2", "--batch_size", "256", "--quiet"]
-
-
-class Interrupt(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +21,8 @@ def teacher_runs(tmp_path_factory):
     """Three finished one-configuration trials and one interrupted trial."""
     save = str(tmp_path_factory.mktemp("results"))
     assert train_teacher.main(TINY + ["--trials", "3", "--save_dir", save]) == 0
-    original = ClassifierTask.step
-
-    def interrupted(self, batch, epoch):
-        if epoch == 2:
-            raise Interrupt()
-        return original(self, batch, epoch)
-    ClassifierTask.step = interrupted
-    try:
-        with pytest.raises(Interrupt):
-            train_teacher.main(TINY + ["--trial", "3", "--save_dir", save])
-    finally:
-        ClassifierTask.step = original
+    with dies_at_step(ClassifierTask, epoch=2), pytest.raises(Interrupt):
+        train_teacher.main(TINY + ["--trial", "3", "--save_dir", save])
     return save
 
 

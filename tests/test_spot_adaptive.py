@@ -348,7 +348,7 @@ def paper_step(task, router, x, y, noise):
     out_s, out_t = s.head(s.run_stages(x_s, begin, 4)), t.head(t.run_stages(x_t, begin, 4))
     s.train()
     graft = out_s * (1 - a[-1].view(-1, 1)) + out_t * a[-1].view(-1, 1)
-    ce_g, ce_s = F.cross_entropy(graft, y), F.cross_entropy(z_s, y)
+    ce_g = F.cross_entropy(graft, y)
     policy_loss = ce_g + max(0, B / 2 - a[-1].sum())                 # classify weight 1
     return student_loss, policy_loss
 

@@ -9,7 +9,7 @@ import torch
 from helper.spot_adaptive import SpotAdaptiveTask
 from models import model_dict
 
-from conftest import read_metrics, run_student
+from conftest import Interrupt, dies_at_step, read_metrics, run_student
 
 FAST = ["--epochs", "3", "--batch_size", "32", "--lr_decay_epochs", "100", "--skip_validation"]
 
@@ -44,12 +44,8 @@ def test_spot_adaptive_trains_a_student_and_the_policy(student_save_dir, distill
     assert "policy.fc.weight" in ckpt["extra"]["spot_router"] and ckpt["extra"]["spot_optimizer"]["state"]
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_spot_adaptive_resume_is_bit_identical(tmp_path, monkeypatch):
+def test_spot_adaptive_resume_is_bit_identical(tmp_path):
     """The policy, the adapters and the policy optimiser come back from the checkpoint (small
     synthetic data and an untrained teacher: only the bookkeeping is under test)."""
     teacher = tmp_path / "resnet8_best.pth"
@@ -62,18 +58,8 @@ def test_spot_adaptive_resume_is_bit_identical(tmp_path, monkeypatch):
     save_a, save_b = str(tmp_path / "a"), str(tmp_path / "b")
     code, run_a, _ = run_student(save_a, *args)
     assert code == 0
-    original, calls = SpotAdaptiveTask.step, {"n": 0}
-
-    def interrupted(self, batch, epoch):
-        if epoch == 2:
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise Interrupt()
-        return original(self, batch, epoch)
-    with monkeypatch.context() as m:
-        m.setattr(SpotAdaptiveTask, "step", interrupted)
-        with pytest.raises(Interrupt):
-            run_student(save_b, *args)
+    with dies_at_step(SpotAdaptiveTask, epoch=2, step=3), pytest.raises(Interrupt):
+        run_student(save_b, *args)
     code, run_b, metrics_b = run_student(save_b, *args, "--resume")
     assert code == 0
     a = torch.load(os.path.join(run_a, "resnet8_last.pth"), weights_only=True)

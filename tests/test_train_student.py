@@ -10,7 +10,7 @@ import train_student
 from helper.distill import StudentTask
 from models import model_dict
 
-from conftest import read_metrics, run_student
+from conftest import Interrupt, dies_at_step, read_metrics, run_student
 
 FAST = ["--epochs", "4", "--lr_decay_epochs", "3", "--batch_size", "32"]
 
@@ -43,11 +43,7 @@ def test_single_teacher_is_plain_distillation(student_save_dir):
     assert os.path.basename(run_dir) == "S~resnet8_digits_kd_r~1.0_a~1.0_b~0.0_0_resnet8"
 
 
-class Interrupt(Exception):
-    pass
-
-
-def test_student_resume_is_bit_identical(student_save_dir, tmp_path, monkeypatch):
+def test_student_resume_is_bit_identical(student_save_dir, tmp_path):
     """Includes the hint regressors (extra modules) and the optimizer's state for them."""
     args = ["--teacher_num", "2", "--ensemble_method", "CAMKD", "--distill", "hint", "--epochs", "3",
             "--batch_size", "128", "--beta_delay_epochs", "0"]
@@ -60,19 +56,8 @@ def test_student_resume_is_bit_identical(student_save_dir, tmp_path, monkeypatch
     code, run_a, _ = run_student(student_save_dir, *args)
     assert code == 0
 
-    original = StudentTask.step
-    calls = {"n": 0}
-
-    def interrupted(self, batch, epoch):
-        if epoch == 3:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise Interrupt()
-        return original(self, batch, epoch)
-    with monkeypatch.context() as m:
-        m.setattr(StudentTask, "step", interrupted)
-        with pytest.raises(Interrupt):
-            run_student(save_b, *args)
+    with dies_at_step(StudentTask, epoch=3, step=5), pytest.raises(Interrupt):
+        run_student(save_b, *args)
     code, run_b, metrics_b = run_student(save_b, *args, "--resume")
     assert code == 0
     a = torch.load(os.path.join(run_a, "resnet8_last.pth"), weights_only=True)

@@ -11,7 +11,7 @@ from helper.loop import ClassifierTask, StepOutput
 from helper.manifest import ManifestError, add_teacher, manifest_path, read_manifest
 from models.checkpoint import load_model
 
-from conftest import TEACHER_EPOCHS, read_metrics
+from conftest import TEACHER_EPOCHS, Interrupt, dies_at_step, read_metrics
 
 QUICK = ["--model", "resnet8", "--dataset", "digits", "--quiet", "--batch_size", "128"]
 
@@ -52,37 +52,18 @@ def test_run_folder_uses_repdistiller_naming(digits_teachers):
     assert ckpt["epoch"] == TEACHER_EPOCHS and ckpt["arch"] == "resnet8"
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_at(monkeypatch, epoch, at_step):
-    original = ClassifierTask.step
-    calls = {"n": 0}
-
-    def interrupted_step(self, batch, e):
-        if e == epoch:
-            calls["n"] += 1
-            if calls["n"] == at_step:
-                raise Interrupt()
-        return original(self, batch, e)
-    monkeypatch.setattr(ClassifierTask, "step", interrupted_step)
-
-
 def _final_state(save_dir):
     path = os.path.join(save_dir, "teachers", "resnet8_digits_lr_0.05_decay_0.0005_trial_0", "resnet8_last.pth")
     return torch.load(path, weights_only=True)
 
 
-def test_resume_gives_bit_identical_weights(tmp_path, monkeypatch):
+def test_resume_gives_bit_identical_weights(tmp_path):
     args = QUICK + ["--epochs", "3", "--lr_decay_epochs", "2"]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert train_teacher.main(args + ["--save_dir", a]) == 0
 
-    with monkeypatch.context() as m:
-        _interrupt_at(m, epoch=3, at_step=4)
-        with pytest.raises(Interrupt):
-            train_teacher.main(args + ["--save_dir", b])
+    with dies_at_step(ClassifierTask, epoch=3, step=4), pytest.raises(Interrupt):
+        train_teacher.main(args + ["--save_dir", b])
     assert _final_state(b)["epoch"] == 2                       # the last good checkpoint stays
     assert train_teacher.main(args + ["--save_dir", b, "--resume"]) == 0
 
