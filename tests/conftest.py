@@ -12,6 +12,9 @@ import torch
 
 import train_student
 import train_teacher
+from helper.distill import StudentTask, build_terms
+from helper.teachers import TeacherEnsemble
+from models import model_dict
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +108,18 @@ def dies_at_step(task_cls, epoch, step=1):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(task_cls, "step", interrupted)
         yield
+
+
+def build_student_task(args, archs, student="resnet8", num_classes=10, seed=0):
+    """A ``StudentTask`` over freshly initialised zoo models (teachers ``archs``), for one-step tests."""
+    torch.manual_seed(seed)
+    teachers = TeacherEnsemble([model_dict[a](num_classes=num_classes) for a in archs], list(archs))
+    s = model_dict[student](num_classes=num_classes)
+    terms = build_terms(args, s, teachers, num_classes, num_data=100, image_size=32)
+    return StudentTask(s, teachers, terms, args)
+
+
+def random_batch(B=8, num_classes=10, seed=1):
+    """Images ``[B, 3, 32, 32]`` and labels ``[B]`` from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, 32, 32, generator=g), torch.randint(0, num_classes, (B,), generator=g)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from distiller_zoo.base import Batch, NetOutput
 from distiller_zoo.KD import kd_loss
-from helper.distill import StudentTask, build_terms, loss_weights
-from helper.teachers import TeacherEnsemble
-from models import model_dict
+from helper.distill import loss_weights
+
+from conftest import build_student_task, random_batch
 
 
 def options(**kw):
@@ -21,17 +21,8 @@ def options(**kw):
 
 
 def make_run(archs=("resnet8", "resnet14", "resnet8x4"), student="resnet8", num_classes=10, seed=0, **kw):
-    torch.manual_seed(seed)
-    teachers = TeacherEnsemble([model_dict[a](num_classes=num_classes) for a in archs], list(archs))
-    s = model_dict[student](num_classes=num_classes)
     args = options(**kw)
-    terms = build_terms(args, s, teachers, num_classes, num_data=100, image_size=32)
-    return StudentTask(s, teachers, terms, args), args
-
-
-def batch(B=8, num_classes=10, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, 3, 32, 32, generator=g), torch.randint(0, num_classes, (B,), generator=g)
+    return build_student_task(args, archs, student, num_classes, seed), args
 
 
 @pytest.mark.parametrize("method", ["AVERAGE_LOSS", "EBKD", "CAMKD", "AEKD"])
@@ -39,7 +30,7 @@ def batch(B=8, num_classes=10, seed=1):
 def test_every_strategy_with_every_issue6_loss(method, distill):
     task, args = make_run(distill=distill, ensemble_method=method, beta=1.0)
     task.train_mode()
-    x, y = batch()
+    x, y = random_batch()
     out = task.step((x, y), epoch=2)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     out.loss.backward()
@@ -54,7 +45,7 @@ def test_kd_step_equals_hand_computed_objective():
     task, args = make_run(archs=("resnet8", "resnet14"), distill="kd", ensemble_method="CAMKD",
                           gamma=0.5, alpha=2.0)
     task.train_mode()
-    x, y = batch()
+    x, y = random_batch()
     torch.manual_seed(5)
     out = task.step((x, y), epoch=1)
     # independent recomputation with the same module states (BN in train mode, same batch)
@@ -72,7 +63,7 @@ def test_camkd_inter_gradients_reach_student_and_embeddings_not_teachers():
     task, args = make_run(distill="inter", ensemble_method="CAMKD", alpha=0.0, beta=50.0)
     task.train_mode()
     before = [{k: v.clone() for k, v in t.state_dict().items()} for t in task.teachers.models]
-    x, y = batch()
+    x, y = random_batch()
     out = task.step((x, y), epoch=2)
     out.loss.backward()
     embeds = [d.embed for d in task.terms[1].distillers]
@@ -90,7 +81,7 @@ def test_inter_confidence_uses_student_feature_through_teacher_head():
     task.model.eval()
     for term in task.terms:
         term.eval()
-    x, y = batch()
+    x, y = random_batch()
     with torch.no_grad():
         feats, logits = task.model(x, is_feat=True)
         s_out = NetOutput(feats, logits, task.model.head, task.model)
@@ -108,7 +99,7 @@ def test_inter_confidence_uses_student_feature_through_teacher_head():
 def test_aekd_hint_weights_use_feature_gradients():
     task, args = make_run(distill="hint", ensemble_method="AEKD", beta=1.0)
     task.train_mode()
-    x, y = batch()
+    x, y = random_batch()
     out = task.step((x, y), epoch=2)
     shares = task.epoch_metrics()
     assert sum(v for k, v in shares.items() if k.startswith("weight_hint")) == pytest.approx(1.0, abs=1e-5)
@@ -130,7 +121,7 @@ def test_hint_with_cross_family_teachers():
         pytest.skip("vgg not registered yet")
     task, args = make_run(archs=("resnet8x4", "vgg8"), student="resnet8", distill="hint", beta=1.0)
     task.train_mode()
-    x, y = batch()
+    x, y = random_batch()
     out = task.step((x, y), epoch=3)
     out.loss.backward()
     assert torch.isfinite(out.loss)

@@ -20,9 +20,8 @@ from distiller_zoo.CTKD import CTKD, grl_lambda
 from distiller_zoo.DKD import dkd_terms
 from distiller_zoo.KD import kd_logit_grad
 from distiller_zoo.MLKD import mlkd_loss, mlkd_terms, mlkd_temperatures
-from helper.distill import StudentTask, build_terms
-from helper.teachers import TeacherEnsemble
-from models import model_dict
+
+from conftest import build_student_task, random_batch
 
 
 # ------------------------------------------------------------------ independent references (numpy)
@@ -263,7 +262,7 @@ def test_ctkd_step_reports_temperatures_per_teacher():
     task, _ = make_run(distill="ctkd", ensemble_method="AVERAGE_LOSS", logit_stand=True)
     task.train_mode()
     task.epoch_begin(3, 10)
-    x, y = batch()
+    x, y = random_batch()
     out = task.step((x, y), epoch=3)
     out.loss.backward()
     for m in range(3):
@@ -391,17 +390,8 @@ def options(**kw):
 
 
 def make_run(archs=("resnet8", "resnet14", "resnet8"), student="resnet8", num_classes=10, seed=0, **kw):
-    torch.manual_seed(seed)
-    teachers = TeacherEnsemble([model_dict[a](num_classes=num_classes) for a in archs], list(archs))
-    s = model_dict[student](num_classes=num_classes)
     args = options(**kw)
-    terms = build_terms(args, s, teachers, num_classes, num_data=100, image_size=32)
-    return StudentTask(s, teachers, terms, args), args
-
-
-def batch(B=8, num_classes=10, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, 3, 32, 32, generator=g), torch.randint(0, num_classes, (B,), generator=g)
+    return build_student_task(args, archs, student, num_classes, seed), args
 
 
 @pytest.mark.parametrize("method", ["AVERAGE_LOSS", "EBKD", "CAMKD", "AEKD"])
@@ -410,7 +400,7 @@ def test_every_logit_loss_with_every_strategy_under_logit_stand(method, distill)
     task, args = make_run(distill=distill, ensemble_method=method, logit_stand=True)
     task.train_mode()
     task.epoch_begin(2, 10)
-    x, y = batch()
+    x, y = random_batch()
     images = (x, x.flip(3)) if distill == "mlkd" else x
     assert task.extra_views == (("strong",) if distill == "mlkd" else ())
     out = task.step((images, y), epoch=2)
@@ -426,7 +416,7 @@ def test_every_logit_loss_with_every_strategy_under_logit_stand(method, distill)
 def test_each_teacher_is_standardized_on_its_own():
     task, args = make_run(distill="kd", ensemble_method="AVERAGE_LOSS", logit_stand=True, alpha=9.0, gamma=0.1)
     task.train_mode()
-    x, y = batch()
+    x, y = random_batch()
     torch.manual_seed(5)
     out = task.step((x, y), epoch=1)
     with torch.no_grad():
@@ -440,7 +430,7 @@ def test_each_teacher_is_standardized_on_its_own():
 
 def test_aekd_reads_the_closed_form_standardized_gradient():
     task, _ = make_run(distill="kd", ensemble_method="AEKD", logit_stand=True)
-    x, y = batch()
+    x, y = random_batch()
     s_out, t_outs = task.forward_all(x)
     for d, t in zip(task.terms[0].distillers, t_outs):
         r = d(s_out, t, Batch(x, y))
