@@ -123,3 +123,14 @@ def random_batch(B=8, num_classes=10, seed=1):
     """Images ``[B, 3, 32, 32]`` and labels ``[B]`` from a seeded generator."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, 3, 32, 32, generator=g), torch.randint(0, num_classes, (B,), generator=g)
+
+
+def assert_same_checkpoints(run_a, run_b, extra: str, filename: str = "resnet8_last.pth"):
+    """The two runs' final checkpoints hold bit-identical student weights and ``extra[extra]`` state."""
+    a = torch.load(os.path.join(run_a, filename), weights_only=True)
+    b = torch.load(os.path.join(run_b, filename), weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert set(a["extra"][extra]) == set(b["extra"][extra])
+    for key, value in a["extra"][extra].items():
+        assert torch.equal(value, b["extra"][extra][key]), key

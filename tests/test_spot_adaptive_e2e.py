@@ -9,7 +9,7 @@ import torch
 from helper.spot_adaptive import SpotAdaptiveTask
 from models import model_dict
 
-from conftest import Interrupt, dies_at_step, read_metrics, run_student
+from conftest import Interrupt, assert_same_checkpoints, dies_at_step, read_metrics, run_student
 
 FAST = ["--epochs", "3", "--batch_size", "32", "--lr_decay_epochs", "100", "--skip_validation"]
 
@@ -62,10 +62,5 @@ def test_spot_adaptive_resume_is_bit_identical(tmp_path):
         run_student(save_b, *args)
     code, run_b, metrics_b = run_student(save_b, *args, "--resume")
     assert code == 0
-    a = torch.load(os.path.join(run_a, "resnet8_last.pth"), weights_only=True)
-    b = torch.load(os.path.join(run_b, "resnet8_last.pth"), weights_only=True)
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for key, value in a["extra"]["spot_router"].items():
-        assert torch.equal(value, b["extra"]["spot_router"][key]), key
+    assert_same_checkpoints(run_a, run_b, "spot_router")
     assert [r["spot_out"] for r in read_metrics(run_a)] == [r["spot_out"] for r in metrics_b]

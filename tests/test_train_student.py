@@ -10,7 +10,7 @@ import train_student
 from helper.distill import StudentTask
 from models import model_dict
 
-from conftest import Interrupt, dies_at_step, read_metrics, run_student
+from conftest import Interrupt, assert_same_checkpoints, dies_at_step, read_metrics, run_student
 
 FAST = ["--epochs", "4", "--lr_decay_epochs", "3", "--batch_size", "32"]
 
@@ -60,12 +60,7 @@ def test_student_resume_is_bit_identical(student_save_dir, tmp_path):
         run_student(save_b, *args)
     code, run_b, metrics_b = run_student(save_b, *args, "--resume")
     assert code == 0
-    a = torch.load(os.path.join(run_a, "resnet8_last.pth"), weights_only=True)
-    b = torch.load(os.path.join(run_b, "resnet8_last.pth"), weights_only=True)
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for key, value in a["extra"]["distill"].items():
-        assert torch.equal(value, b["extra"]["distill"][key]), key
+    assert_same_checkpoints(run_a, run_b, "distill")
     assert [r["test_acc"] for r in read_metrics(run_a)] == [r["test_acc"] for r in metrics_b]
 
 
