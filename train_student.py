@@ -22,7 +22,7 @@ from distiller_zoo.registry import DISTILLERS, ENSEMBLES
 from helper import distributed
 from helper.checkpoint import ResumeError
 from helper import spot_adaptive
-from helper.distill import StudentTask, build_terms, run_init_stage
+from helper.distill import StudentTask, build_terms, objective_losses, parse_distill, resolve_objective, run_init_stage
 from helper.loop import NonFiniteLoss, evaluate, fit
 from helper.manifest import ManifestError, manifest_path, teacher_names
 from helper.options import (OneLineParser, add_optimization_arguments, add_run_arguments, configure_backend,
@@ -55,17 +55,23 @@ def build_parser():
                    help="appended to the run folder name, for runs that differ only in flags the name does not show")
 
     g = parser.add_argument_group("distillation (CA-MKD / RepDistiller)")
-    g.add_argument("--distill", type=str, default="kd", choices=sorted(DISTILLERS))
+    g.add_argument("--distill", type=str, default="kd", metavar="LOSS[:W][@STRATEGY][+...]",
+                   help="the distillation terms, joined by '+', each a loss with an optional weight and ensemble "
+                        "strategy, e.g. kd+attention:1000+crd:0.8@AEKD; a logit term without a weight takes -a, a "
+                        "feature term -b; without a logit term kd (-a) comes first. Losses: "
+                        + ", ".join(sorted(DISTILLERS)))
     g.add_argument("--ensemble_method", type=str, default=None, choices=sorted(ENSEMBLES),
-                   help="how teachers are combined (default: CAMKD with several teachers, AVERAGE_LOSS with one)")
+                   help="how teachers are combined in terms without @STRATEGY (default: CAMKD with several "
+                        "teachers, AVERAGE_LOSS with one)")
     g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the classification loss (1)")
-    g.add_argument("-a", "--alpha", type=float, default=None, help="weight of the KD / logit loss (1)")
+    g.add_argument("-a", "--alpha", type=float, default=None, help="weight of logit terms given without one (1)")
     g.add_argument("-b", "--beta", type=float, default=None,
-                   help="weight of the feature loss (default: the method's usual weight)")
+                   help="weight of feature terms given without one (default: the first one's usual weight)")
     g.add_argument("--distill_decay", action="store_true",
-                   help="decay alpha linearly to 0 over the second half of training (gamma = 1 - alpha)")
+                   help="decay the logit terms linearly to 0 over the second half of training (CE weight "
+                        "1 - decayed -a)")
     g.add_argument("--beta_delay_epochs", type=int, default=1,
-                   help="leave the -b term out for this many first epochs (1, as CA-MKD; 0 as RepDistiller)")
+                   help="leave the feature terms out for this many first epochs (1, as CA-MKD; 0 as RepDistiller)")
     g.add_argument("--preact", action="store_true", help="use pre-activation features")
     g.add_argument("--init_epochs", type=int, default=30,
                    help="epochs of connector pre-training for losses that have one (FT, AB, FSP; RepDistiller: 30)")
@@ -80,25 +86,11 @@ def build_parser():
 
 
 def resolve_loss_weights(args, log):
-    """Let the run's loss classes adjust their defaults (``Distiller.configure``, e.g. under
-    --logit-stand), fill -r/-a/-b not given on the command line and say which values are in force."""
-    distill = DISTILLERS[args.distill]
+    """Fill -r/-a/-b not given on the command line (``helper.distill.resolve_objective``) and log
+    the objective's formula and the notes of the losses' ``configure`` hooks."""
     given = {name for name in ("gamma", "alpha", "beta") if getattr(args, name) is not None}
-    notes = []
-    # the classes that make the run's terms, as build_terms makes them: a feature loss runs next to KD
-    for cls in ([distill] if distill.kind == "logit" else [DISTILLERS["kd"], distill]):
-        notes += cls.configure(args, given)
-    if args.gamma is None:
-        args.gamma = 1.0
-    if args.alpha is None:
-        args.alpha = 1.0
-    if args.beta is None:
-        args.beta = distill.default_weight if distill.kind == "feature" and distill.default_weight is not None else 0.0
-        if distill.kind == "feature":
-            notes.append(f"-b not given: using {args.distill}'s usual weight {args.beta}")
-    log(f"==> loss weights: CE (-r) {args.gamma}, {'KD' if distill.kind == 'feature' else args.distill} (-a) "
-        f"{args.alpha}" + (f", {args.distill} (-b) {args.beta}" if distill.kind == "feature" else "")
-        + ("; " + "; ".join(notes) if notes else ""))
+    notes = resolve_objective(args, given)
+    log(f"==> objective: {args.objective}" + ("; " + "; ".join(notes) if notes else ""))
 
 
 def parse_args(argv=None):
@@ -121,10 +113,14 @@ def parse_args(argv=None):
         fail(parser, "--model_t needs --path_t and either one architecture or one per path")
     if args.ensemble_method is None:
         args.ensemble_method = "CAMKD" if args.teacher_num > 1 else "AVERAGE_LOSS"
-    need = ENSEMBLES[args.ensemble_method].min_teachers
-    if args.teacher_num < need:
-        fail(parser, f"--ensemble_method {args.ensemble_method} needs at least {need} teachers, "
-                     f"got --teacher_num {args.teacher_num}")
+    try:
+        terms = parse_distill(args.distill)
+    except ValueError as exc:
+        fail(parser, str(exc))
+    for method, flag in [(args.ensemble_method, "--ensemble_method ")] + [(e, f"--distill {n}@") for n, _, e in terms if e]:
+        need = ENSEMBLES[method].min_teachers
+        if args.teacher_num < need:
+            fail(parser, f"{flag}{method} needs at least {need} teachers, got --teacher_num {args.teacher_num}")
     if not all(ch.isalnum() or ch in "-_.=~" for ch in args.tag):
         fail(parser, f"--tag {args.tag!r}: use letters, digits and - _ . = ~ only (it names a folder)")
     if args.beta_delay_epochs < 0:
@@ -196,11 +192,11 @@ def run(parser, args, ctx):
     torch.manual_seed(seed)
     imagenet = args.dataset == "imagenet"
     teacher_specs = resolve_teachers(parser, args)
-    distill_cls = DISTILLERS[args.distill]
-    views = ("standard",) + tuple(v for v in distill_cls.views if v != "standard")
+    loss_classes = [DISTILLERS[n] for n in objective_losses(args.distill)]
+    views = ("standard",) + tuple(dict.fromkeys(v for cls in loss_classes for v in cls.views if v != "standard"))
     try:
         loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
-                                    with_index=distill_cls.needs_index, views=views,
+                                    with_index=any(cls.needs_index for cls in loss_classes), views=views,
                                     rank=ctx.rank, world_size=ctx.world_size)
         spec = loaders.spec
         teacher_models = [load_model(path, arch=arch, num_classes=spec.num_classes, imagenet=imagenet)
@@ -237,7 +233,7 @@ def train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weigh
 
     run.info(f"==> student {args.model_s} on {spec.name} ({spec.num_classes} classes), {len(teachers)} teacher(s): "
              + ", ".join(f"{n} ({m.arch})" for n, m in zip(teachers.names, teacher_models))
-             + f"; --distill {args.distill}, --ensemble_method {args.ensemble_method}; seed {seed}; "
+             + f"; objective {args.objective}; seed {seed}; "
                f"device {args.device}; amp {'on' if args.amp else 'off'}; channels_last "
                f"{'on' if args.channels_last else 'off'}; teachers fused by architecture "
                f"{'on' if teachers.fusing(args.device) else 'off'} -> {run.run_dir}")

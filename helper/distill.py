@@ -1,17 +1,31 @@
-"""The student step: teachers once, student once, every distillation term per teacher, weighted
-by its ensemble strategy.
+"""The student's objective and its step: teachers once, student once, every distillation term
+per teacher, weighted by its ensemble strategy.
 
     total = gamma * CE(student, y) + sum_k weight_k * (1/B) sum_i sum_m W_k[m, i] * L_k[m, i]
 
-A term is one ``--distill`` loss applied to every teacher (one distiller, with its own
-connectors, per teacher) and combined by one strategy. ``--distill kd`` and the other logit losses
-make one term weighted by ``-a``; a feature loss (``hint``, ``inter``, ...) makes a second term
-weighted by ``-b`` next to the KD term, as in RepDistiller and CA-MKD. Nothing here branches on a
+The objective is a list of named, weighted terms written in ``--distill``:
+
+    --distill kd+attention:1000+crd:0.8@AEKD
+
+Terms are joined by ``+`` (a comma is kept for several students); each is ``LOSS[:WEIGHT][@STRATEGY]``:
+a registered loss (``DISTILLERS``), its weight, and the ensemble strategy that combines its
+teachers (default ``--ensemble_method``). A term is that loss applied to every teacher (one
+distiller, with its own connectors, per teacher). A logit term (``kd``, ``dkd``...) without a
+weight takes ``-a``; a feature term (``hint``, ``inter``...) takes ``-b`` (default: the usual weight
+of the first feature loss). An objective with no logit term gets ``kd`` weighted by ``-a`` first,
+so RepDistiller's and CA-MKD's ``--distill X -r -a -b`` keep their meaning: ``kd`` alone or ``X``
+alone for a logit loss, ``kd`` (-a) + ``X`` (-b) for a feature loss. CA-MKD's schedule applies per
+kind: ``--distill_decay`` decays the logit terms, ``--beta_delay_epochs`` delays the feature terms.
+
+``objective_terms`` is the one place that knows this layout. Nothing here branches on a
 method's name: the registries resolved them when the run was built.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,19 +39,153 @@ from .loop import StepOutput, Task
 from .teachers import TeacherEnsemble
 
 
-class DistillTerm(nn.Module):
-    """One loss for every teacher, combined by one ensemble strategy."""
+_TERM = re.compile(r"^(?P<loss>[^:@]+)(?::(?P<weight>[^@]*))?(?:@(?P<ensemble>.*))?$")
 
-    def __init__(self, key: str, slot: str, distillers: Sequence[nn.Module], strategy):
+
+def parse_distill(text: str) -> List[Tuple[str, Optional[float], Optional[str]]]:
+    """``[(loss, weight or None, strategy or None)]`` from a ``--distill`` value; a ``ValueError``
+    with a one-line message for anything else."""
+    if "," in text:
+        raise ValueError(f"--distill {text!r}: join terms with '+' (a comma separates students, not supported "
+                         f"here)")
+    out, seen = [], {}
+    for part in text.split("+"):
+        m = _TERM.match(part.strip())
+        if m is None:
+            raise ValueError(f"--distill {text!r}: term {part!r} is not LOSS[:WEIGHT][@STRATEGY]")
+        loss = m["loss"].strip()
+        if loss not in DISTILLERS:
+            raise ValueError(f"--distill: unknown loss {loss!r}; expected one of: {', '.join(sorted(DISTILLERS))}")
+        weight = None
+        if m["weight"] is not None:
+            try:
+                weight = float(m["weight"])
+            except ValueError:
+                weight = float("nan")
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"--distill: weight of {loss} is {m['weight']!r}; expected a non-negative number")
+        ensemble = m["ensemble"]
+        if ensemble is not None and ensemble not in ENSEMBLES:
+            raise ValueError(f"--distill: unknown ensemble strategy {ensemble!r} for {loss}; expected one of: "
+                             f"{', '.join(sorted(ENSEMBLES))}")
+        if DISTILLERS[loss] in seen:
+            raise ValueError(f"--distill: {loss} appears twice (as {seen[DISTILLERS[loss]]!r} and {part!r})")
+        seen[DISTILLERS[loss]] = part
+        out.append((loss, weight, ensemble))
+    return out
+
+
+def objective_losses(distill: str) -> List[str]:
+    """The losses of the run's terms, in order: those of ``--distill``, after ``kd`` when none of
+    them is a logit loss."""
+    names = [loss for loss, _, _ in parse_distill(distill)]
+    return names if any(DISTILLERS[n].kind == "logit" for n in names) else ["kd"] + names
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """One term of the objective, resolved: loss name, base weight, ensemble strategy, and the
+    loss's kind ("logit" terms follow ``-a``'s schedule, "feature" terms ``-b``'s)."""
+    loss: str
+    weight: float
+    ensemble: str
+    kind: str
+
+
+def objective_terms(args) -> List[TermSpec]:
+    """The run's terms from ``--distill``, ``-a``, ``-b`` and ``--ensemble_method`` (after
+    ``resolve_objective`` filled the weights): the one place that knows the layout."""
+    parsed = parse_distill(args.distill)
+    if not any(DISTILLERS[loss].kind == "logit" for loss, _, _ in parsed):
+        parsed = [("kd", None, None)] + parsed
+    terms = []
+    for loss, weight, ensemble in parsed:
+        kind = DISTILLERS[loss].kind
+        if weight is None:
+            weight = args.alpha if kind == "logit" else args.beta
+        terms.append(TermSpec(loss, weight, ensemble or args.ensemble_method, kind))
+    return terms
+
+
+def resolve_objective(args, given: set) -> List[str]:
+    """Fill the loss weights the user did not give and describe the objective.
+
+    Lets each loss class of the run adjust defaults first (``Distiller.configure``, e.g. under
+    ``--logit-stand``); ``given`` holds the weight flags typed (``"gamma"``, ``"alpha"``, ``"beta"``).
+    Sets ``args.objective`` (the formula, e.g. ``1*CE + 1*kd + 50*inter [CAMKD]``) and
+    ``args.objective_terms`` (one dict per term) so that ``args.json`` records them; returns notes
+    for the log."""
+    notes = []
+    losses = objective_losses(args.distill)
+    for cls in dict.fromkeys(DISTILLERS[n] for n in losses):
+        notes += cls.configure(args, given)
+    if args.gamma is None:
+        args.gamma = 1.0
+    if args.alpha is None:
+        args.alpha = 1.0
+    if args.beta is None:
+        first = next((n for n, w, _ in parse_distill(args.distill)
+                      if DISTILLERS[n].kind == "feature" and w is None), None)
+        usual = DISTILLERS[first].default_weight if first is not None else None
+        args.beta = usual if usual is not None else 0.0
+        if first is not None:
+            notes.append(f"-b not given: using {first}'s usual weight {args.beta}")
+    terms = objective_terms(args)
+    args.objective = objective_formula(args, terms)
+    args.objective_terms = [asdict(t) for t in terms]
+    return notes
+
+
+def objective_formula(args, terms: Sequence[TermSpec]) -> str:
+    """``1*CE + 1*kd + 50*inter [CAMKD]``: the weighted sum, the strategy in brackets (per term
+    when they differ), then the schedule when it changes a weight."""
+    strategies = {t.ensemble for t in terms}
+    parts = [f"{args.gamma:g}*CE"] + [f"{t.weight:g}*{t.loss}" + ("" if len(strategies) == 1 else f"[{t.ensemble}]")
+                                      for t in terms]
+    text = " + ".join(parts) + (f" [{terms[0].ensemble}]" if len(strategies) == 1 else "")
+    kinds = {t.kind for t in terms if t.weight}
+    if args.beta_delay_epochs > 0 and "feature" in kinds:
+        text += f"; feature terms from epoch {args.beta_delay_epochs + 1}"
+    if args.distill_decay:
+        text += f"; logit terms decay to 0 over the second half (CE weight 1 - decayed -a)"
+    return text
+
+
+def term_weights(args, terms: Sequence[TermSpec], epoch: int) -> Tuple[float, List[float]]:
+    """The CE weight and each term's weight at an epoch (CA-MKD's schedule).
+
+    ``--beta_delay_epochs``: feature terms are left out for the first epochs (1 in the reference
+    scripts). ``--distill_decay``: over the second half of training logit terms decay linearly to
+    0 and the CE weight becomes ``1 - `` the decayed ``-a``; feature terms are unchanged."""
+    gamma, decay = args.gamma, None
+    if args.distill_decay and epoch > args.epochs / 2:
+        decay = int(args.epochs - epoch) / int(args.epochs / 2)
+        gamma = 1 - decay * args.alpha
+    weights = []
+    for t in terms:
+        w = t.weight
+        if t.kind == "logit" and decay is not None:
+            w = decay * w
+        if t.kind == "feature" and epoch <= args.beta_delay_epochs:
+            w = 0.0
+        weights.append(w)
+    return gamma, weights
+
+
+class DistillTerm(nn.Module):
+    """One term of the objective: one loss for every teacher, combined by one ensemble strategy."""
+
+    def __init__(self, spec: TermSpec, distillers: Sequence[nn.Module], strategy):
         super().__init__()
-        self.key, self.slot = key, slot          # slot: "alpha" (logit losses) or "beta" (feature)
+        self.spec = spec
+        self.key, self.kind = spec.loss, spec.kind     # key: the term's name in logs and metrics
         self.distillers = nn.ModuleList(distillers)
         self.strategy = strategy
 
     def forward(self, s: NetOutput, teachers: List[NetOutput], batch: Batch, routing=None):
         """``(loss, weights [M, B], results)``. ``routing`` (spot-adaptive distillation, see
         ``distiller_zoo.routing``) multiplies its per-sample masks into the strategy's weights."""
-        pooled = self.strategy.pooled_teacher(teachers, batch, "logit" if self.slot == "alpha" else "feature")
+        pooled = self.strategy.pooled_teacher(teachers, batch, self.kind)
         if pooled is not None:                  # one fused target: distil it alone, weight 1
             result = self.distillers[0](s, pooled, batch)
             weights = torch.ones_like(result.per_sample.float())[None]
@@ -63,7 +211,7 @@ class DistillTerm(nn.Module):
             weights = self.strategy.weights(EnsembleInputs(
                 teacher_logits=torch.stack([t.logits.detach().float() for t in teachers]),
                 labels=batch.labels, student_logits=s.logits.detach().float(), losses=losses.detach(),
-                confidence_logits=confidence, gradients=gradients, is_logit_term=self.slot == "alpha"))
+                confidence_logits=confidence, gradients=gradients, is_logit_term=self.kind == "logit"))
         weights = weights.detach().to(losses.dtype)
         if routing is not None:
             loss, weights = routing.term_loss(self, results, weights, s, teachers, batch)
@@ -77,9 +225,7 @@ class DistillTerm(nn.Module):
 
 def build_terms(args, student: nn.Module, teachers: TeacherEnsemble, num_classes: int, num_data: int,
                 image_size: int, train_labels=None) -> nn.ModuleList:
-    """Build the run's terms from ``--distill`` and ``--ensemble_method`` (after a dry forward)."""
-    distill_cls = DISTILLERS[args.distill]
-    kd_cls = DISTILLERS["kd"]
+    """Build the run's terms (``objective_terms``) after a dry forward."""
     s_shapes = student.feature_shapes(image_size)
     t_shapes = [t.feature_shapes(image_size) for t in teachers.models]
     M = len(teachers)
@@ -91,27 +237,8 @@ def build_terms(args, student: nn.Module, teachers: TeacherEnsemble, num_classes
                                  num_teachers=M, student=student, teacher=teachers.models[m]))
                 for m in range(M)]
 
-    strategy_cls = ENSEMBLES[args.ensemble_method]
-    if distill_cls.kind == "logit":
-        specs = [(args.distill, "alpha", distill_cls)]
-    else:
-        specs = [("kd", "alpha", kd_cls), (args.distill, "beta", distill_cls)]
-    return nn.ModuleList([DistillTerm(key, slot, make(cls), strategy_cls(args)) for key, slot, cls in specs])
-
-
-def loss_weights(args, epoch: int) -> Dict[str, float]:
-    """gamma (CE), alpha (logit term), beta (feature term) for an epoch.
-
-    CA-MKD's schedule: the beta term is left out for the first ``--beta_delay_epochs`` epochs
-    (1 in the reference scripts); ``--distill_decay`` decays alpha linearly to 0 over the second
-    half of training while gamma becomes 1 - alpha, beta unchanged."""
-    gamma, alpha, beta = args.gamma, args.alpha, args.beta
-    if args.distill_decay and epoch > args.epochs / 2:
-        alpha = int(args.epochs - epoch) / int(args.epochs / 2) * args.alpha
-        gamma = 1 - alpha
-    if epoch <= args.beta_delay_epochs:
-        beta = 0.0
-    return {"gamma": gamma, "alpha": alpha, "beta": beta}
+    return nn.ModuleList([DistillTerm(spec, make(DISTILLERS[spec.loss]), ENSEMBLES[spec.ensemble](args))
+                          for spec in objective_terms(args)])
 
 
 class _Objective(nn.Module):
@@ -185,17 +312,17 @@ class StudentTask(Task):
                   view_outputs=[self.forward_all(v) for v in views[1:]])
         logits = s_out.logits
 
-        w = loss_weights(self.args, epoch)
+        gamma, term_w = term_weights(self.args, [term.spec for term in self.terms], epoch)
         # A loss that asks for extra views trains the student's classifier on them too (MLKD).
         loss_cls = sum(F.cross_entropy(o.logits.float(), labels) for o in [s_out] + [v[0] for v in b.view_outputs])
-        total = w["gamma"] * loss_cls
+        total = gamma * loss_cls
         metrics = {"loss_cls": loss_cls.detach()}
         routing = self.route(s_out, t_outs, b)
-        for term in self.terms:
-            if w[term.slot] == 0:
+        for term, w in zip(self.terms, term_w):
+            if w == 0:
                 continue
             loss, weights, results = term(s_out, t_outs, b, routing)
-            total = total + w[term.slot] * loss
+            total = total + w * loss
             metrics[f"loss_{term.key}"] = loss.detach()
             for m, r in enumerate(results):       # a distiller's own figures (e.g. a learned temperature)
                 for name, value in r.metrics.items():

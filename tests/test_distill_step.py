@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from distiller_zoo.base import Batch, NetOutput
 from distiller_zoo.KD import kd_loss
-from helper.distill import loss_weights
+from helper.distill import TermSpec, objective_terms, term_weights
 
 from conftest import build_student_task, random_batch
 
@@ -107,12 +107,41 @@ def test_aekd_hint_weights_use_feature_gradients():
 
 
 def test_loss_weight_schedule_follows_camkd():
-    args = options(gamma=1.0, alpha=1.0, beta=50.0, epochs=240, beta_delay_epochs=1, distill_decay=True)
-    assert loss_weights(args, 1) == {"gamma": 1.0, "alpha": 1.0, "beta": 0.0}
-    assert loss_weights(args, 120) == {"gamma": 1.0, "alpha": 1.0, "beta": 50.0}
-    w = loss_weights(args, 180)
-    assert w["alpha"] == pytest.approx(60 / 120) and w["gamma"] == pytest.approx(0.5) and w["beta"] == 50.0
-    assert loss_weights(args, 240)["alpha"] == 0.0
+    args = options(distill="inter", gamma=1.0, alpha=1.0, beta=50.0, epochs=240, beta_delay_epochs=1,
+                   distill_decay=True)
+    terms = objective_terms(args)
+    assert terms == [TermSpec("kd", 1.0, "AVERAGE_LOSS", "logit"), TermSpec("inter", 50.0, "AVERAGE_LOSS", "feature")]
+    assert term_weights(args, terms, 1) == (1.0, [1.0, 0.0])
+    assert term_weights(args, terms, 120) == (1.0, [1.0, 50.0])
+    gamma, (a, b) = term_weights(args, terms, 180)
+    assert a == pytest.approx(60 / 120) and gamma == pytest.approx(0.5) and b == 50.0
+    assert term_weights(args, terms, 240)[1][0] == 0.0
+
+
+def test_objective_layout_special_cases_and_explicit_terms():
+    """RepDistiller's ``--distill X -a -b`` is kd (-a) + X (-b) for a feature X and X (-a) alone for a
+    logit X; explicit weights and strategies go to their own term."""
+    lay = lambda **kw: [(t.loss, t.weight, t.ensemble, t.kind) for t in objective_terms(options(**kw))]
+    assert lay(distill="dkd", alpha=2.0, beta=7.0) == [("dkd", 2.0, "AVERAGE_LOSS", "logit")]
+    assert lay(distill="hint", alpha=0.5, beta=7.0) == [("kd", 0.5, "AVERAGE_LOSS", "logit"),
+                                                        ("hint", 7.0, "AVERAGE_LOSS", "feature")]
+    assert lay(distill="attention:1000+crd:0.8@AEKD", alpha=3.0, ensemble_method="EBKD") == [
+        ("kd", 3.0, "EBKD", "logit"), ("attention", 1000.0, "EBKD", "feature"), ("crd", 0.8, "AEKD", "feature")]
+    assert lay(distill="dkd:2+hint", beta=9.0) == [("dkd", 2.0, "AVERAGE_LOSS", "logit"),
+                                                   ("hint", 9.0, "AVERAGE_LOSS", "feature")]
+
+
+def test_three_terms_each_weighted_and_combined_by_its_own_strategy():
+    task, args = make_run(distill="kd+hint:3+inter:0.5@CAMKD", ensemble_method="EBKD", gamma=0.7, alpha=2.0)
+    assert [(t.key, type(t.strategy).__name__) for t in task.terms] == [
+        ("kd", "EntropyWeights"), ("hint", "EntropyWeights"), ("inter", "ConfidenceAware")]
+    task.train_mode()
+    x, y = random_batch()
+    out = task.step((x, y), epoch=2)
+    m = out.metrics
+    expected = 0.7 * m["loss_cls"] + 2.0 * m["loss_kd"] + 3.0 * m["loss_hint"] + 0.5 * m["loss_inter"]
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert all(m[f"loss_{k}"] > 0 for k in ("kd", "hint", "inter"))
 
 
 def test_hint_with_cross_family_teachers():

@@ -360,7 +360,7 @@ def test_flags_and_weights_without_logit_stand_are_unchanged():
 def test_logit_stand_sets_kd_weight_and_ce_weight_unless_given(distill):
     args, line = parse("--distill", distill, "--logit-stand")
     assert (args.gamma, args.alpha) == (0.1, 9.0)
-    assert "CE (-r) 0.1" in line and "(-a) 9.0" in line and "--logit-stand" in line
+    assert f"objective: 0.1*CE + 9*{distill} [" in line and "--logit-stand" in line
     args, _ = parse("--distill", distill, "--logit_stand", "--kd_weight", "6", "--base_temp", "3")
     assert (args.gamma, args.alpha, args.base_temp) == (0.1, 6.0, 3.0)
     args, line = parse("--distill", distill, "--logit-stand", "-a", "2", "-r", "1")

@@ -41,6 +41,24 @@ def test_single_teacher_is_plain_distillation(student_save_dir):
         args = json.load(f)
     assert args["teacher_num"] == 1 and args["ensemble_method"] == "AVERAGE_LOSS"
     assert os.path.basename(run_dir) == "S~resnet8_digits_kd_r~1.0_a~1.0_b~0.0_0_resnet8"
+    assert args["objective"] == "1*CE + 1*kd [AVERAGE_LOSS]"
+
+
+def test_three_terms_log_their_formula_and_epoch_losses(student_save_dir):
+    code, run_dir, metrics = run_student(student_save_dir, "--teacher_num", "2", "--ensemble_method", "EBKD",
+                                         "--distill", "kd+attention:1000+crd:0.8@AVERAGE_LOSS", "--nce_k", "64",
+                                         "--epochs", "2", "--batch_size", "256", "--skip_validation")
+    assert code == 0
+    with open(os.path.join(run_dir, "args.json")) as f:
+        args = json.load(f)
+    assert args["objective"] == ("1*CE + 1*kd[EBKD] + 1000*attention[EBKD] + 0.8*crd[AVERAGE_LOSS]; "
+                                 "feature terms from epoch 2")
+    assert [t["loss"] for t in args["objective_terms"]] == ["kd", "attention", "crd"]
+    assert "loss_attention" not in metrics[0] and metrics[1]["loss_attention"] > 0    # delayed one epoch
+    assert metrics[0]["loss_kd"] > 0 and metrics[1]["loss_crd"] > 0
+    assert metrics[1]["train_loss"] == pytest.approx(metrics[1]["loss_cls"] + metrics[1]["loss_kd"]
+                                                     + 1000 * metrics[1]["loss_attention"]
+                                                     + 0.8 * metrics[1]["loss_crd"], rel=1e-4)
 
 
 def test_student_resume_is_bit_identical(student_save_dir, tmp_path):
@@ -72,7 +90,13 @@ def one_line_error(capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--ensemble_method", "MAJORITY"], "--ensemble_method"),
-    (["--distill", "telepathy"], "--distill"),
+    (["--distill", "telepathy"], "--distill: unknown loss 'telepathy'"),
+    (["--distill", "kd+attention:lots"], "--distill: weight of attention is 'lots'"),
+    (["--distill", "kd+attention:-1"], "--distill: weight of attention is '-1'"),
+    (["--distill", "kd+crd@MAJORITY"], "unknown ensemble strategy 'MAJORITY' for crd"),
+    (["--distill", "kd,hint"], "join terms with '+'"),
+    (["--distill", "kd+hint+kd"], "kd appears twice"),
+    (["--distill", "kd+hint@CAMKD"], "--distill hint@CAMKD needs at least 2 teachers"),
     (["--teacher_num", "1", "--ensemble_method", "CAMKD"], "CAMKD needs at least 2 teachers"),
     (["--teacher_num", "0"], "--teacher_num must be at least 1"),
     (["--teachers", "a", "--path_t", "b"], "not both"),
