@@ -18,6 +18,7 @@ import sys
 import torch
 
 from dataset import DataError, add_data_arguments, loaders_from_args
+import distiller_zoo.defaults
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
 from helper import distributed
 from helper.checkpoint import ResumeError
@@ -75,8 +76,7 @@ def build_parser():
     g.add_argument("--preact", action="store_true", help="use pre-activation features")
     g.add_argument("--init_epochs", type=int, default=30,
                    help="epochs of connector pre-training for losses that have one (FT, AB, FSP; RepDistiller: 30)")
-    for cls in list(DISTILLERS.values()) + list(ENSEMBLES.values()):
-        cls.add_arguments(parser)
+    distiller_zoo.defaults.add_arguments(parser)
     spot_adaptive.add_arguments(parser)
 
     add_data_arguments(parser)

@@ -98,7 +98,7 @@ def paired_maps(name, ctx):
     """``[(student index, teacher index)]`` of ``feats[1:-1]`` by the run's ``--feat_pairing`` rule;
     errors name the loss."""
     try:
-        return pair_feature_maps(ctx.student_shapes, ctx.teacher_shapes, getattr(ctx.opt, "feat_pairing", "last"))
+        return pair_feature_maps(ctx.student_shapes, ctx.teacher_shapes, ctx.opt.feat_pairing)
     except ValueError as exc:
         raise ValueError(f"{name} {exc}") from None
 

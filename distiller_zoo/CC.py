@@ -86,8 +86,8 @@ class Correlation(Distiller):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        feat_dim = int(getattr(ctx.opt, "feat_dim", 128))
-        self.form = getattr(ctx.opt, "cc_form", "repdistiller")
+        feat_dim = int(ctx.opt.feat_dim)
+        self.form = ctx.opt.cc_form
         if self.form not in CC_FORMS:
             raise ValueError(f"unknown --cc_form {self.form!r}; expected one of {', '.join(CC_FORMS)}")
         self.embed_s = LinearEmbed(math.prod(ctx.student_shapes[-1]), feat_dim)

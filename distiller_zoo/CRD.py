@@ -127,9 +127,9 @@ class CRD(Distiller):
     def __init__(self, ctx):
         super().__init__(ctx)
         opt = ctx.opt
-        feat_dim, K = int(getattr(opt, "feat_dim", 128)), int(getattr(opt, "nce_k", 16384))
-        self.T, self.momentum = float(getattr(opt, "nce_t", 0.07)), float(getattr(opt, "nce_m", 0.5))
-        self.mode = getattr(opt, "mode", "exact")
+        feat_dim, K = int(opt.feat_dim), int(opt.nce_k)
+        self.T, self.momentum = float(opt.nce_t), float(opt.nce_m)
+        self.mode = opt.mode
         if self.mode not in ("exact", "relax"):
             raise ValueError(f"crd: --mode must be exact or relax, got {self.mode!r}")
         if feat_dim < 1 or K < 1 or self.T <= 0 or not 0 <= self.momentum < 1:

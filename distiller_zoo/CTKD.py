@@ -106,19 +106,15 @@ class CTKD(Distiller):
     def __init__(self, ctx):
         super().__init__(ctx)
         opt = ctx.opt
-        self.logit_stand = bool(getattr(opt, "logit_stand", False))
+        self.logit_stand = bool(opt.logit_stand)
         self.temperature = GlobalTemperature(opt.t_start, opt.t_end)
         self.loops, self.decay_max, self.decay_min = opt.decay_loops, opt.decay_max, opt.decay_min
-        self.epoch = None
-
-    def epoch_begin(self, epoch, epochs):
-        self.epoch = epoch
 
     def strength(self, epoch: int) -> float:
         return grl_lambda(epoch, self.loops, self.decay_max, self.decay_min)
 
     def forward(self, s, t, batch):
-        lam = self.strength(self.epoch if self.epoch is not None else batch.epoch)
+        lam = self.strength(batch.epoch)
         T = self.temperature(lam)
         loss = kd_loss(s.logits, t.logits, T, self.logit_stand)
         metrics = {"temp": T.detach(), "grl_lambda": torch.full((), lam, device=T.device)}

@@ -96,16 +96,12 @@ class DKD(Distiller):
     def __init__(self, ctx):
         super().__init__(ctx)
         opt = ctx.opt
-        self.logit_stand = bool(getattr(opt, "logit_stand", False))
+        self.logit_stand = bool(opt.logit_stand)
         self.T = opt.base_temp if self.logit_stand else opt.dkd_T
         self.alpha, self.beta, self.warmup = opt.dkd_alpha, opt.dkd_beta, opt.dkd_warmup
-        self.epoch = None
-
-    def epoch_begin(self, epoch, epochs):
-        self.epoch = epoch
 
     def forward(self, s, t, batch):
-        factor = warmup_factor(self.epoch if self.epoch is not None else batch.epoch, self.warmup)
+        factor = warmup_factor(batch.epoch, self.warmup)
         tckd, nckd = dkd_terms(s.logits, t.logits, batch.labels, self.T, self.logit_stand)
         loss = factor * (self.alpha * tckd + self.beta * nckd)
         return LossTerm(loss, anchor=s.logits, metrics={"tckd": tckd.detach().mean(), "nckd": nckd.detach().mean()})

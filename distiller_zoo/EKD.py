@@ -92,7 +92,7 @@ class EKD(Distiller):
 
     @classmethod
     def configure(cls, args, given):
-        if float(getattr(args, "ekd_w_ce", 1.0)) <= 0:
+        if float(args.ekd_w_ce) <= 0:
             return []
         if "gamma" in given:
             return [f"ekd: evidential CE (--ekd_w_ce {args.ekd_w_ce}) in the loss, softmax CE -r {args.gamma} as given"]
@@ -102,24 +102,20 @@ class EKD(Distiller):
     def __init__(self, ctx):
         super().__init__(ctx)
         opt = ctx.opt
-        self.lam = float(getattr(opt, "ekd_prior", EKD_PRIOR))
-        self.T = float(getattr(opt, "ekd_T", 1.0))
-        self.w_ce = float(getattr(opt, "ekd_w_ce", 1.0))
-        self.w_kd = float(getattr(opt, "ekd_w_kd", 4.5))
-        self.w_dir = float(getattr(opt, "ekd_w_dir", 4.5))
-        self.warmup = float(getattr(opt, "ekd_warmup", 30))
-        self.reverse = bool(getattr(opt, "ekd_reverse", False))
-        self.expectation = bool(getattr(opt, "ekd_expectation", False))
-        self.activation = getattr(opt, "ekd_activation", "softplus")
-        self.logit_stand = bool(getattr(opt, "logit_stand", False))
-        self.base_temp = float(getattr(opt, "base_temp", 2.0))
-        self.epoch = None
-
-    def epoch_begin(self, epoch, epochs):
-        self.epoch = epoch
+        self.lam = float(opt.ekd_prior)
+        self.T = float(opt.ekd_T)
+        self.w_ce = float(opt.ekd_w_ce)
+        self.w_kd = float(opt.ekd_w_kd)
+        self.w_dir = float(opt.ekd_w_dir)
+        self.warmup = float(opt.ekd_warmup)
+        self.reverse = bool(opt.ekd_reverse)
+        self.expectation = bool(opt.ekd_expectation)
+        self.activation = opt.ekd_activation
+        self.logit_stand = bool(opt.logit_stand)
+        self.base_temp = float(opt.base_temp)
 
     def forward(self, s, t, batch):
-        ramp = warmup_factor(self.epoch if self.epoch is not None else batch.epoch, self.warmup)
+        ramp = warmup_factor(batch.epoch, self.warmup)
         ce, first, second = ekd_terms(s.logits, t.logits, batch.labels, self.lam, self.T, self.activation,
                                       self.reverse, self.expectation, self.logit_stand, self.base_temp)
         loss = self.w_ce * ce + self.w_kd * first + (ramp * self.w_dir) * second

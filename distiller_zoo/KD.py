@@ -93,13 +93,13 @@ def kd_logit_grad(s: Tensor, t: Tensor, T: float, logit_stand: bool = False) -> 
 
 def kd_temperature(opt) -> float:
     """``--base-temp`` under ``--logit-stand``, else ``--kd_T``."""
-    return opt.base_temp if getattr(opt, "logit_stand", False) else opt.kd_T
+    return opt.base_temp if opt.logit_stand else opt.kd_T
 
 
 def logit_stand_scale(args, flags: Sequence[str], note: str = "") -> List[str]:
     """Under ``--logit-stand``, multiply each of a loss's own weight flags (``dkd_alpha``, ...) by
     ``--kd-weight`` (DKD-like losses: the CE weight stays). Returns a note for the log."""
-    if not getattr(args, "logit_stand", False):
+    if not args.logit_stand:
         return []
     w = float(args.kd_weight)
     changes = []
@@ -114,7 +114,7 @@ def logit_stand_scale(args, flags: Sequence[str], note: str = "") -> List[str]:
 def logit_stand_weights(args, given: set, who: str, temperature: str = "") -> List[str]:
     """The authors' weights under ``--logit-stand`` for KD-like losses (KD, MLKD, CTKD): ``-a`` =
     ``--kd-weight`` and ``-r`` = 0.1, each unless given explicitly. Returns a note for the log."""
-    if not getattr(args, "logit_stand", False):
+    if not args.logit_stand:
         return []
     parts = []
     if "alpha" in given:
@@ -158,7 +158,7 @@ class KD(Distiller):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.T = kd_temperature(ctx.opt)
-        self.logit_stand = bool(getattr(ctx.opt, "logit_stand", False))
+        self.logit_stand = bool(ctx.opt.logit_stand)
 
     def forward(self, s, t, batch):
         loss = kd_loss(s.logits, t.logits, self.T, self.logit_stand)

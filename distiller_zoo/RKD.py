@@ -75,8 +75,8 @@ class RKD(Distiller):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.w_dist = float(getattr(ctx.opt, "rkd_dist_weight", 25.0))
-        self.w_angle = float(getattr(ctx.opt, "rkd_angle_weight", 50.0))
+        self.w_dist = float(ctx.opt.rkd_dist_weight)
+        self.w_angle = float(ctx.opt.rkd_angle_weight)
 
     def forward(self, s, t, batch):
         f_s = s.feats[-1]

@@ -5,7 +5,7 @@ imports them all, so adding a method is adding one file.
 
 Public functions for people who bring their own loop::
 
-    from distiller_zoo import ensemble_weights, kd_loss, standardize, dkd_loss
+    from distiller_zoo import ensemble_weights, kd_loss, standardize, dkd_loss, default_options
 """
 import importlib as _importlib
 import pkgutil as _pkgutil
@@ -15,6 +15,7 @@ from .base import (Batch, BuildContext, Distiller, EnsembleInputs, EnsembleStrat
                    LossTerm, NetOutput, combine)
 from .KD import kd_loss, standardize  # noqa: F401
 from .DKD import dkd_loss  # noqa: F401
+from .defaults import default_options  # noqa: F401
 from .ensemble_api import ensemble_weights, get_strategy  # noqa: F401
 
 for _module in _pkgutil.walk_packages(__path__, prefix=__name__ + "."):

@@ -153,8 +153,8 @@ class EnsembleStrategy:
     def add_arguments(cls, parser: argparse.ArgumentParser):
         """Add the flags this strategy owns (use ``add_argument_once``)."""
 
-    def __init__(self, opt: Optional[argparse.Namespace] = None):
-        self.opt = opt
+    def __init__(self, opt: argparse.Namespace):
+        self.opt = opt              # the run's options (``default_options()`` outside a run)
 
     def weights(self, inputs: EnsembleInputs) -> Tensor:
         raise NotImplementedError

@@ -10,33 +10,37 @@ and sum to 1 over teachers, AVERAGE_LOSS's are 1/M.
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from .base import EnsembleInputs
-from .KD import kd_logit_grad, kd_loss
+from .defaults import default_options
+from .KD import kd_logit_grad, kd_loss, kd_temperature
 from .registry import ENSEMBLES
 
 
 def get_strategy(method: str, opt=None):
+    """The strategy ``method`` built with ``opt`` (default: every flag at its default)."""
     if method not in ENSEMBLES:
         raise ValueError(f"unknown ensemble method {method!r}; expected one of: {', '.join(sorted(ENSEMBLES))}")
-    return ENSEMBLES[method](opt)
+    return ENSEMBLES[method](default_options() if opt is None else opt)
 
 
 @torch.no_grad()
-def ensemble_weights(method, teacher_logits, labels, student_logits, T=4.0, C=0.6, svm_norm=False,
-                     logit_stand=False):
-    """Per-teacher, per-sample weights ``[M, B]`` of a strategy for the KD loss at temperature T.
+def ensemble_weights(method, teacher_logits, labels, student_logits, **options):
+    """Per-teacher, per-sample weights ``[M, B]`` of a strategy for the KD loss.
 
     ``teacher_logits`` ``[M, B, C]``, ``labels`` ``[B]``, ``student_logits`` ``[B, C]``.
-    ``logit_stand``: the KD losses (and AEKD's gradients) are those of standardized logits, as
-    under ``--logit-stand``; EBKD's entropies and CAMKD's cross-entropies always read raw logits."""
+    ``options`` override the command-line defaults (``default_options``) by flag name, e.g.
+    ``kd_T=2.0``, ``C=0.6``, ``svm_norm=True``, ``evidential_mode="weight"``. The KD temperature is
+    ``kd_T``, or ``base_temp`` under ``logit_stand=True`` (then the KD losses and AEKD's gradients
+    are those of standardized logits; EBKD's entropies and CAMKD's cross-entropies always read raw
+    logits), as in a run."""
     teacher_logits = torch.as_tensor(teacher_logits)
     if teacher_logits.dim() != 3:
         raise ValueError(f"teacher_logits must be [M, B, C], got shape {tuple(teacher_logits.shape)}")
-    strategy = get_strategy(method, argparse.Namespace(C=C, svm_norm=svm_norm, kd_T=T))
+    opt = default_options(**options)
+    T, logit_stand = kd_temperature(opt), opt.logit_stand
+    strategy = get_strategy(method, opt)
     M = teacher_logits.shape[0]
     if M < strategy.min_teachers:
         raise ValueError(f"{method} needs at least {strategy.min_teachers} teachers, got {M}")

@@ -40,7 +40,7 @@ class InitStageLoss(Distiller):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.main_phase = bool(getattr(ctx.opt, "main_phase_loss", False))
+        self.main_phase = bool(ctx.opt.main_phase_loss)
         self.student_share = 1.0 / max(ctx.num_teachers, 1)
 
     def per_layer(self, s, t, share: float = 1.0):

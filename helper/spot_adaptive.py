@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 def validate(parser, args):
     """One-line errors for bad spot-adaptive flags (only when --spot_adaptive is on)."""
-    if not getattr(args, "spot_adaptive", False):
+    if not args.spot_adaptive:
         return
     for flag in ("policy_tau", "classify_weight"):
         if not getattr(args, flag) > 0:
@@ -99,7 +99,7 @@ def build_router(args, student, teachers, terms, num_classes: int, image_size: i
             for m, d in enumerate(term.distillers)]
         relational[term.key] = any(getattr(d, "relational", False) for d in term.distillers)
     plan = plan_spots(term_rows, relational, s_shapes, t_shapes)
-    homo = getattr(args, "policy_homo", "auto")
+    homo = args.policy_homo
     favour = [m for m, t in enumerate(teachers.models)
               if homo == "yes" or (homo == "auto" and same_family(student, t, s_shapes, t_shapes[m]))]
     param = next(student.parameters())

@@ -110,6 +110,18 @@ def dies_at_step(task_cls, epoch, step=1):
         yield
 
 
+def student_options(**overrides):
+    """train_student.py's options at their parser defaults (the ones source of truth), with
+    ``overrides`` by attribute name; a misspelt name fails. ``-r/-a/-b`` default to 1, 1, 0 here
+    (the script fills them from the objective) and the device is the CPU."""
+    args = train_student.build_parser().parse_args([])
+    vars(args).update(gamma=1.0, alpha=1.0, beta=0.0, ensemble_method="AVERAGE_LOSS", device="cpu")
+    unknown = sorted(set(overrides) - set(vars(args)))
+    assert not unknown, f"no such option(s): {unknown}"
+    vars(args).update(overrides)
+    return args
+
+
 def build_student_task(args, archs, student="resnet8", num_classes=10, seed=0):
     """A ``StudentTask`` over freshly initialised zoo models (teachers ``archs``), for one-step tests."""
     torch.manual_seed(seed)

@@ -1,6 +1,4 @@
 """The student step: terms built from shapes, strategies x losses, gradients where they belong."""
-import argparse
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,15 +7,11 @@ from distiller_zoo.base import Batch, NetOutput
 from distiller_zoo.KD import kd_loss
 from helper.distill import TermSpec, objective_terms, term_weights
 
-from conftest import build_student_task, random_batch
+from conftest import build_student_task, random_batch, student_options
 
 
 def options(**kw):
-    base = dict(distill="kd", ensemble_method="AVERAGE_LOSS", kd_T=4.0, hint_layer=2, factor=2, convs=False,
-                C=0.6, svm_norm=False, gamma=1.0, alpha=1.0, beta=0.0, distill_decay=False,
-                beta_delay_epochs=0, epochs=10, preact=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
+    return student_options(**{"beta_delay_epochs": 0, "epochs": 10, **kw})
 
 
 def make_run(archs=("resnet8", "resnet14", "resnet8x4"), student="resnet8", num_classes=10, seed=0, **kw):

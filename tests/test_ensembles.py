@@ -82,7 +82,7 @@ def test_camkd_ensemble_loss_equals_reference_expression():
     M, T = 3, 4.0
     t, s, y = make_inputs(M)
     B = t.shape[1]
-    w = ensemble_weights("CAMKD", t, y, s, T=T)
+    w = ensemble_weights("CAMKD", t, y, s, kd_T=T)
     L = torch.stack([kd_loss(s, t[m], T) for m in range(M)])
     ours = (w * L).sum() / B
     ce = torch.stack([torch.nn.functional.cross_entropy(t[m], y, reduction="none") for m in range(M)])
@@ -154,7 +154,7 @@ def test_aekd_matches_sklearn_on_well_scaled_gram(M):
     svm = sklearn_svm.OneClassSVM(kernel="precomputed", nu=nu, tol=1e-10).fit(G_scaled)
     expected = np.zeros(M)
     expected[svm.support_] = svm.dual_coef_.ravel() / (M * nu)
-    w = ensemble_weights("AEKD", t, y, s, T=T, C=0.6)
+    w = ensemble_weights("AEKD", t, y, s, kd_T=T, C=0.6)
     assert torch.allclose(w[:, 0].double(), torch.tensor(expected), atol=1e-4)
     assert torch.allclose(w, w[:, :1].expand_as(w))   # equal over samples
 
@@ -172,7 +172,7 @@ def test_aekd_svm_norm_divides_by_gradient_norm_and_renormalises():
     a[svm.support_] = svm.dual_coef_.ravel() / (M * nu)
     expected = a / norms.numpy()
     expected = expected / expected.sum()
-    w = ensemble_weights("AEKD", t, y, s, T=T, svm_norm=True)
+    w = ensemble_weights("AEKD", t, y, s, kd_T=T, svm_norm=True)
     assert torch.allclose(w[:, 0].double(), torch.tensor(expected), atol=1e-4)
 
 
@@ -197,6 +197,24 @@ def test_aekd_not_stuck_where_reference_libsvm_is():
     raw = sklearn_svm.OneClassSVM(kernel="precomputed", nu=nu, tol=1e-6).fit(G.numpy())
     stuck = np.zeros(M)
     stuck[raw.support_] = raw.dual_coef_.ravel() / (M * nu)
-    ours = ensemble_weights("AEKD", t, y, s, T=T)[:, 0].double()
+    ours = ensemble_weights("AEKD", t, y, s, kd_T=T)[:, 0].double()
     assert qp_objective(G, ours).item() <= qp_objective(G, torch.tensor(stuck)).item()
     assert (ours > 0.05).all()                        # every teacher is heard
+
+
+def test_ensemble_weights_use_the_command_line_defaults():
+    """``ensemble_weights`` builds its strategy from the parser's defaults (one source of truth), and
+    its keyword options are those flags: EVIDENTIAL's certainty weights follow --evidential_tau."""
+    import train_student
+    from distiller_zoo import ENSEMBLES, default_options
+    from distiller_zoo.base import EnsembleInputs
+    t, s, y = make_inputs(3, seed=4)
+    run_defaults = ENSEMBLES["EVIDENTIAL"](train_student.build_parser().parse_args([]))
+    losses = torch.stack([kd_loss(s, tm, 4.0) for tm in t])
+    expected = run_defaults.weights(EnsembleInputs(teacher_logits=t, labels=y, student_logits=s, losses=losses))
+    assert torch.equal(ensemble_weights("EVIDENTIAL", t, y, s), expected)
+    sharper = ensemble_weights("EVIDENTIAL", t, y, s, evidential_tau=0.01)
+    assert not torch.allclose(sharper, expected, atol=1e-3)
+    assert (sharper.max(0).values > expected.max(0).values).all()        # smaller tau: sharper weights
+    with pytest.raises(TypeError, match="evidential_tua"):
+        default_options(evidential_tua=1.0)

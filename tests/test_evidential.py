@@ -214,8 +214,8 @@ def test_ekd_per_sample_mean_equals_the_authors_batch_loss():
     zs, zt, y = logits(seed=1, scale=2.0), logits(seed=2, scale=4.0), labels()
     opt = options("ekd")
     d = EKD(ctx(opt))
-    d.epoch_begin(6, 240)                                # ramp 6/30
-    term = d(NetOutput(feats=[], logits=zs), NetOutput(feats=[], logits=zt), Batch(images=None, labels=y))
+    term = d(NetOutput(feats=[], logits=zs), NetOutput(feats=[], logits=zt),
+             Batch(images=None, labels=y, epoch=6))                       # ramp 6/30
     assert term.per_sample.shape == (6,)
     expected = ekd_batch_by_hand(zs, zt, y, LAM, 1.0, 1.0, 4.5, 4.5, 6 / 30)
     assert term.per_sample.mean().item() == pytest.approx(expected.item(), rel=1e-9)
@@ -227,13 +227,13 @@ def test_ekd_student_gets_gradient_teacher_none_and_ramp_and_direction():
     zt = logits(seed=9, dtype=torch.float32).requires_grad_()
     y = labels()
     d = EKD(ctx(options("ekd")))
-    d.epoch_begin(1, 240)
-    d(NetOutput(feats=[], logits=zs), NetOutput(feats=[], logits=zt), Batch(images=None, labels=y)).per_sample.mean().backward()
+    d(NetOutput(feats=[], logits=zs), NetOutput(feats=[], logits=zt),
+      Batch(images=None, labels=y, epoch=1)).per_sample.mean().backward()
     assert zs.grad is not None and zs.grad.abs().sum() > 0 and zt.grad is None
     ce, first, second = ekd_terms(zs, zt, y, LAM)
     for epoch, ramp in [(1, 1 / 30), (15, 0.5), (30, 1.0), (200, 1.0)]:
-        d.epoch_begin(epoch, 240)
-        got = d(NetOutput(feats=[], logits=zs), NetOutput(feats=[], logits=zt), Batch(images=None, labels=y)).per_sample
+        got = d(NetOutput(feats=[], logits=zs), NetOutput(feats=[], logits=zt),
+                Batch(images=None, labels=y, epoch=epoch)).per_sample
         assert torch.allclose(got, ce + 4.5 * first + ramp * 4.5 * second, rtol=1e-6)
     _, _, reverse = ekd_terms(zs, zt, y, LAM, reverse=True)
     a_s, a_t = second_order_alpha(zs, LAM), second_order_alpha(zt, LAM)

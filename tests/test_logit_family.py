@@ -2,7 +2,6 @@
 
 Every loss is compared with values computed independently here (numpy, plain loops) on
 hand-built logits; the strong augmentation's operations are compared pixel by pixel with Pillow."""
-import argparse
 import math
 
 import numpy as np
@@ -14,14 +13,14 @@ import train_student
 from dataset import DataSpec, DeviceLoader
 from dataset.augment import (AUGMENTATIONS, CUTOUT_FILL, RANDAUG_OPS, RANDAUG_RANGES, crop_flip, cutout,
                              randaugment_round, strong_params)
-from distiller_zoo import DISTILLERS, dkd_loss, kd_loss, standardize
+from distiller_zoo import DISTILLERS, default_options, dkd_loss, kd_loss, standardize
 from distiller_zoo.base import Batch, BuildContext, NetOutput
 from distiller_zoo.CTKD import CTKD, grl_lambda
 from distiller_zoo.DKD import dkd_terms
 from distiller_zoo.KD import kd_logit_grad
 from distiller_zoo.MLKD import mlkd_loss, mlkd_terms, mlkd_temperatures
 
-from conftest import build_student_task, random_batch
+from conftest import build_student_task, random_batch, student_options
 
 
 # ------------------------------------------------------------------ independent references (numpy)
@@ -183,10 +182,7 @@ def _ctx(opt, num_classes=5, teacher_index=0):
 
 
 def _opt(**kw):
-    base = dict(kd_T=4.0, logit_stand=False, base_temp=2.0, kd_weight=9.0, dkd_alpha=1.0, dkd_beta=8.0,
-                dkd_T=4.0, dkd_warmup=20, t_start=1.0, t_end=20.0, decay_loops=10, decay_max=0.0, decay_min=-1.0)
-    base.update(kw)
-    return argparse.Namespace(**base)
+    return default_options(**kw)
 
 
 def test_dkd_warmup_ramps_linearly_over_epochs():
@@ -381,12 +377,7 @@ def test_logit_stand_next_to_a_feature_loss_configures_the_kd_term():
 
 
 def options(**kw):
-    base = dict(distill="kd", ensemble_method="AVERAGE_LOSS", kd_T=4.0, logit_stand=False, base_temp=2.0,
-                kd_weight=9.0, dkd_alpha=1.0, dkd_beta=8.0, dkd_T=4.0, dkd_warmup=20, t_start=1.0, t_end=20.0,
-                decay_loops=10, decay_max=0.0, decay_min=-1.0, C=0.6, svm_norm=False, gamma=1.0, alpha=1.0,
-                beta=0.0, distill_decay=False, beta_delay_epochs=0, epochs=10, preact=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
+    return student_options(**{"beta_delay_epochs": 0, "epochs": 10, **kw})
 
 
 def make_run(archs=("resnet8", "resnet14", "resnet8"), student="resnet8", num_classes=10, seed=0, **kw):

@@ -3,7 +3,6 @@ kdsvd): values against the papers' / RepDistiller's batch formulas transcribed h
 loops on small hand-built tensors (never by calling the code under test), per-sample shares that
 average to the batch loss, gradients that reach the student and its connectors and never a
 teacher, cross-family pairs, and three teachers under every ensemble strategy."""
-import argparse
 import math
 
 import pytest
@@ -16,6 +15,7 @@ from distiller_zoo.base import Batch, BuildContext, NetOutput
 from helper.distill import StudentTask, build_terms
 from helper.teachers import TeacherEnsemble, freeze
 from models import model_dict
+from conftest import student_options
 
 LOSSES = {"attention": 1000.0, "similarity": 3000.0, "correlation": 0.02, "rkd": 1.0, "pkt": 30000.0,
           "nst": 50.0, "kdsvd": 1.0}
@@ -29,14 +29,7 @@ DEFAULT_THREE = ("resnet8x4", "vgg8", "wrn_16_1")
 
 
 def options(**kw):
-    parser = argparse.ArgumentParser()
-    for cls in [DISTILLERS[n] for n in list(LOSSES) + ["kd"]] + list(ENSEMBLES.values()):
-        cls.add_arguments(parser)
-    args = parser.parse_args([])
-    vars(args).update({"distill": "kd", "ensemble_method": "AVERAGE_LOSS", "gamma": 1.0, "alpha": 1.0, "beta": 1.0,
-                       "distill_decay": False, "beta_delay_epochs": 0, "epochs": 10, "preact": False})
-    vars(args).update(kw)
-    return args
+    return student_options(**{"beta": 1.0, "beta_delay_epochs": 0, "epochs": 10, **kw})
 
 
 def context(s_shapes, t_shapes, **kw):

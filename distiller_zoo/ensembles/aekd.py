@@ -57,8 +57,8 @@ class GradientSpace(EnsembleStrategy):
     def weights(self, inputs):
         if inputs.gradients is None:
             raise ValueError("AEKD needs the loss's gradients w.r.t. the student (no anchor given)")
-        C = getattr(self.opt, "C", 0.6)
-        svm_norm = bool(getattr(self.opt, "svm_norm", False)) or not inputs.is_logit_term
+        C = self.opt.C
+        svm_norm = bool(self.opt.svm_norm) or not inputs.is_logit_term
         w = aekd_teacher_weights(inputs.gradients(), C=C, svm_norm=svm_norm)
         B = inputs.losses.shape[1]
         return w.to(inputs.losses.device)[:, None].expand(-1, B).contiguous()

@@ -191,15 +191,15 @@ class Evidential(EnsembleStrategy):
                           help="EVIDENTIAL: temper each teacher's evidence by the temperature (>= 1) that "
                                "fits the batch's labels best (batch), or read the logits as they are (none)")
 
-    def __init__(self, opt=None):
+    def __init__(self, opt):
         super().__init__(opt)
-        self.mode = getattr(opt, "evidential_mode", "pool")
-        self.lam = float(getattr(opt, "evidential_prior", EVIDENTIAL_PRIOR))
-        self.T = float(getattr(opt, "evidential_T", 1.0))
-        self.tau = float(getattr(opt, "evidential_tau", 0.05))
-        self.pool = getattr(opt, "evidential_pool", "mean")
-        self.gauge = getattr(opt, "evidential_gauge", "mean")
-        self.calibrate = getattr(opt, "evidential_calibrate", "batch")
+        self.mode = opt.evidential_mode
+        self.lam = float(opt.evidential_prior)
+        self.T = float(opt.evidential_T)
+        self.tau = float(opt.evidential_tau)
+        self.pool = opt.evidential_pool
+        self.gauge = opt.evidential_gauge
+        self.calibrate = opt.evidential_calibrate
         if self.calibrate not in ("batch", "none"):
             raise ValueError(f"--evidential_calibrate must be batch or none, got {self.calibrate!r}")
         if self.T <= 0 or self.tau <= 0:
@@ -214,7 +214,7 @@ class Evidential(EnsembleStrategy):
                                  self.sharpness(logits, inputs.labels))
 
     def pooled_teacher(self, teachers: List[NetOutput], batch, kind: str) -> Optional[NetOutput]:
-        if self.mode != "pool" or kind != "logit" or getattr(batch, "view_outputs", None):
+        if self.mode != "pool" or kind != "logit" or batch.view_outputs:
             return None
         logits = torch.stack([t.logits.detach() for t in teachers])
         return NetOutput(feats=[], logits=pooled_logits(logits, self.T, self.gauge, self.pool,
