@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -130,4 +130,4 @@ class Attention(PairedMapsLoss):
             per_layer = torch.stack([
                 attention_loss(full_precision(s.feats[i]), full_precision(t.feats[j].detach()), self.p)
                 for i, j in self.pairs])
-        return LossTerm(per_layer.sum(0), anchor=anchor, per_layer=per_layer)
+        return TeacherLoss(per_layer.sum(0), anchor=anchor, per_layer=per_layer)

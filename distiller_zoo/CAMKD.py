@@ -15,7 +15,7 @@ the map already resized for teacher m).
 """
 from __future__ import annotations
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import Embed, resize_to
 from .registry import register_distiller
 
@@ -45,4 +45,4 @@ class CAMKDIntermediate(Distiller):
         f_s = s.feats[-2]
         embedded = self.embed(resize_to(f_s, self.t_size))
         mse = (embedded - t.feats[-2].detach()).pow(2).flatten(1).mean(1)
-        return LossTerm(mse, confidence_logits=t.head(embedded), anchor=f_s)
+        return TeacherLoss(mse, confidence_logits=t.head(embedded), anchor=f_s)

@@ -35,7 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import LinearEmbed, full_precision, no_autocast
 from .registry import register_distiller
 
@@ -103,4 +103,4 @@ class Correlation(Distiller):
                 loss = cc_paper_loss(e_s, e_t, self.gamma, self.order)
             else:
                 loss = cc_chain_loss(e_s, e_t)
-        return LossTerm(loss, anchor=f_s)
+        return TeacherLoss(loss, anchor=f_s)

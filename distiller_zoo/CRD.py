@@ -58,7 +58,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -219,4 +219,4 @@ class CRD(Distiller):
             loss = nce_per_sample(scores_s, self.num_data) + nce_per_sample(scores_t, self.num_data)
         if self.training:
             self.update_memory(idx, v_s, v_t)
-        return LossTerm(loss, anchor=f_s)
+        return TeacherLoss(loss, anchor=f_s)

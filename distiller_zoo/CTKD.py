@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .KD import kd_loss, logit_stand_weights
 from .registry import register_distiller
 
@@ -118,4 +118,4 @@ class CTKD(Distiller):
         T = self.temperature(lam)
         loss = kd_loss(s.logits, t.logits, T, self.logit_stand)
         metrics = {"temp": T.detach(), "grl_lambda": torch.full((), lam, device=T.device)}
-        return LossTerm(loss, anchor=s.logits, metrics=metrics)
+        return TeacherLoss(loss, anchor=s.logits, metrics=metrics)

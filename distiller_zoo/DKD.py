@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .KD import as_float, logit_stand_scale, standardize
 from .registry import register_distiller
 
@@ -104,4 +104,4 @@ class DKD(Distiller):
         factor = warmup_factor(batch.epoch, self.warmup)
         tckd, nckd = dkd_terms(s.logits, t.logits, batch.labels, self.T, self.logit_stand)
         loss = factor * (self.alpha * tckd + self.beta * nckd)
-        return LossTerm(loss, anchor=s.logits, metrics={"tckd": tckd.detach().mean(), "nckd": nckd.detach().mean()})
+        return TeacherLoss(loss, anchor=s.logits, metrics={"tckd": tckd.detach().mean(), "nckd": nckd.detach().mean()})

@@ -44,7 +44,7 @@ authors' teachers); the loss reads their logits the same way. The student predic
 """
 from __future__ import annotations
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .dirichlet import ACTIVATIONS, distribution_kl, evidential_ce, expected_ce, mean_kl
 from .DKD import warmup_factor
 from .KD import standardize
@@ -120,4 +120,4 @@ class EKD(Distiller):
                                       self.reverse, self.expectation, self.logit_stand, self.base_temp)
         loss = self.w_ce * ce + self.w_kd * first + (ramp * self.w_dir) * second
         metrics = {"ce": ce.detach().mean(), "first": first.detach().mean(), "second": second.detach().mean()}
-        return LossTerm(loss, anchor=s.logits, metrics=metrics)
+        return TeacherLoss(loss, anchor=s.logits, metrics=metrics)

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Distiller, LossTerm
+from .base import Distiller, TeacherLoss
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 from .VID import match_spatial
@@ -114,7 +114,7 @@ class FactorTransfer(Distiller):
         factor_s, factor_t = match_spatial(self.translator(f_s), self.teacher_factor(t.feats[-2]))
         with no_autocast(factor_s):
             diff = factor_vector(full_precision(factor_s)) - factor_vector(full_precision(factor_t))
-            return LossTerm(diff.abs().mean(1), anchor=f_s)
+            return TeacherLoss(diff.abs().mean(1), anchor=f_s)
 
     # -- init stage: the paraphraser reconstructs the teacher's map -----------------------------
     def init_stage_modules(self, student):

@@ -7,7 +7,7 @@ the batch mean is RepDistiller's ``HintLoss`` (``nn.MSELoss()``). RepDistiller's
 """
 from __future__ import annotations
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import ConvReg
 from .registry import register_distiller
 
@@ -33,4 +33,4 @@ class FitNet(Distiller):
     def forward(self, s, t, batch):
         f_s = s.feats[self.layer]
         diff = self.regressor(f_s) - t.feats[self.layer].detach()
-        return LossTerm(diff.pow(2).flatten(1).mean(1), anchor=f_s)
+        return TeacherLoss(diff.pow(2).flatten(1).mean(1), anchor=f_s)

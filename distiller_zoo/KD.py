@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .registry import register_distiller
 
 STD_EPS = 1e-7
@@ -163,4 +163,4 @@ class KD(Distiller):
     def forward(self, s, t, batch):
         loss = kd_loss(s.logits, t.logits, self.T, self.logit_stand)
         grad = kd_logit_grad(s.logits, t.logits, self.T, self.logit_stand)
-        return LossTerm(loss, anchor=s.logits, anchor_grad=grad)
+        return TeacherLoss(loss, anchor=s.logits, anchor_grad=grad)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .AT import PairedMapsLoss
-from .base import LossTerm
+from .base import TeacherLoss
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -120,4 +120,4 @@ class KDSVD(PairedMapsLoss):
         with no_autocast(anchor):
             per_layer = kdsvd_losses([full_precision(s.feats[i]) for i, _ in self.pairs],
                                      [full_precision(t.feats[j].detach()) for _, j in self.pairs], self.k)
-        return LossTerm(per_layer.sum(0), anchor=anchor, per_layer=per_layer)
+        return TeacherLoss(per_layer.sum(0), anchor=anchor, per_layer=per_layer)

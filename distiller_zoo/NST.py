@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .AT import PairedMapsLoss, pool_to_smaller
-from .base import LossTerm
+from .base import TeacherLoss
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -51,4 +51,4 @@ class NST(PairedMapsLoss):
         with no_autocast(anchor):
             per_layer = torch.stack([nst_loss(full_precision(s.feats[i]), full_precision(t.feats[j].detach()))
                                      for i, j in self.pairs])
-        return LossTerm(per_layer.sum(0), anchor=anchor, per_layer=per_layer)
+        return TeacherLoss(per_layer.sum(0), anchor=anchor, per_layer=per_layer)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Distiller, LossTerm
+from .base import Distiller, TeacherLoss
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -55,4 +55,4 @@ class PKT(Distiller):
         f_s = s.feats[-1]
         with no_autocast(f_s):
             loss = pkt_loss(full_precision(f_s), full_precision(t.feats[-1].detach()))
-        return LossTerm(loss, anchor=f_s)
+        return TeacherLoss(loss, anchor=f_s)

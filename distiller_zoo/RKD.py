@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -82,4 +82,4 @@ class RKD(Distiller):
         f_s = s.feats[-1]
         with no_autocast(f_s):
             loss = rkd_loss(full_precision(f_s), full_precision(t.feats[-1].detach()), self.w_dist, self.w_angle)
-        return LossTerm(loss, anchor=f_s)
+        return TeacherLoss(loss, anchor=f_s)

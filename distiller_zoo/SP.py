@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Distiller, LossTerm
+from .base import Distiller, TeacherLoss
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -47,4 +47,4 @@ class Similarity(Distiller):
         f_s = s.feats[self.layer]
         with no_autocast(f_s):
             loss = similarity_loss(full_precision(f_s), full_precision(t.feats[self.layer].detach()))
-        return LossTerm(loss, anchor=f_s)
+        return TeacherLoss(loss, anchor=f_s)

@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .AT import PairedMapsLoss
-from .base import LossTerm
+from .base import TeacherLoss
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
 
@@ -95,4 +95,4 @@ class VID(PairedMapsLoss):
         anchor = s.feats[1]
         per_layer = torch.stack([layer(s.feats[i], t.feats[j].detach())
                                  for layer, (i, j) in zip(self.layers, self.pairs)])
-        return LossTerm(per_layer.sum(0), anchor=anchor, per_layer=per_layer)
+        return TeacherLoss(per_layer.sum(0), anchor=anchor, per_layer=per_layer)

@@ -2,7 +2,7 @@
 
 - A ``Distiller`` is one loss between the student and ONE teacher. It is built once per teacher
   from the actual feature shapes (``BuildContext``), owns its trainable connectors, and returns a
-  ``LossTerm`` whose ``per_sample`` loss has shape ``[B]`` and whose batch mean is the method's
+  ``TeacherLoss`` whose ``per_sample`` loss has shape ``[B]`` and whose batch mean is the method's
   usual batch loss.
 - An ``EnsembleStrategy`` turns what it needs (teacher logits, labels, student logits, a term's
   evidence) into weights ``[M, B]`` with no gradient. A term's loss is
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -57,14 +56,17 @@ class BuildContext:
 
 
 @dataclass
-class LossTerm:
-    """A distiller's result for one teacher."""
+class TeacherLoss:
+    """A distiller's result for one teacher (a ``DistillTerm`` combines one per teacher)."""
     per_sample: Tensor                                   # [B]
     confidence_logits: Optional[Tensor] = None           # [B, C]: CA-MKD weighs by their CE
     anchor: Optional[Tensor] = None                      # the student tensor the loss reads
     anchor_grad: Optional[Tensor] = None                 # closed-form d(mean loss)/d(anchor)
     per_layer: Optional[Tensor] = None                   # [L, B] for multi-layer losses (routing)
     metrics: dict = field(default_factory=dict)
+
+
+LossTerm = TeacherLoss      # the old name; MLKD.py and AEKT.py (issue 16's files) still use it
 
 
 def add_argument_once(parser: argparse.ArgumentParser, *flags, **kwargs):
@@ -112,7 +114,7 @@ class Distiller(nn.Module):
         super().__init__()
         self.teacher_index = ctx.teacher_index
 
-    def forward(self, s: NetOutput, t: NetOutput, batch: Batch) -> LossTerm:
+    def forward(self, s: NetOutput, t: NetOutput, batch: Batch) -> TeacherLoss:
         raise NotImplementedError
 
     def epoch_begin(self, epoch: int, epochs: int):
@@ -159,6 +161,19 @@ class EnsembleStrategy:
     def weights(self, inputs: EnsembleInputs) -> Tensor:
         raise NotImplementedError
 
+    # -- state that outlives a step (e.g. running statistics of the teachers) ------------------
+    def epoch_begin(self, epoch: int, epochs: int):
+        """Called before every epoch, as ``Distiller.epoch_begin``."""
+
+    def state_dict(self) -> dict:
+        """Everything a strategy keeps between steps (tensors or plain values): saved in the
+        checkpoint's ``extra`` and restored by ``--resume``. The built-in strategies keep none."""
+        return {}
+
+    def load_state_dict(self, state: dict):
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
+
     def pooled_teacher(self, teachers: List["NetOutput"], batch: "Batch", kind: str) -> Optional["NetOutput"]:
         """A strategy that fuses its teachers into ONE target (e.g. pooled Dirichlet evidence)
         returns that virtual teacher's output for a term of this ``kind`` ("logit"/"feature");
@@ -171,6 +186,3 @@ def combine(weights: Tensor, losses: Tensor) -> Tensor:
     """The ensemble loss ``(1/B) sum_i sum_m w[m,i] * loss[m,i]``."""
     return (weights * losses).sum() / losses.shape[1]
 
-
-def stack_logits(outputs: Sequence[NetOutput]) -> Tensor:
-    return torch.stack([o.logits for o in outputs])

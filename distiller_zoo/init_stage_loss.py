@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 
 
 def student_grad_share(x, share: float):
@@ -53,10 +53,10 @@ class InitStageLoss(Distiller):
         anchor = self.anchor_of(s)
         if not self.main_phase:
             B = anchor.shape[0]
-            return LossTerm(anchor.new_zeros(B), anchor=anchor, anchor_grad=torch.zeros_like(anchor),
+            return TeacherLoss(anchor.new_zeros(B), anchor=anchor, anchor_grad=torch.zeros_like(anchor),
                             per_layer=anchor.new_zeros(self.num_layers, B))
         per_layer = self.per_layer(s, t)
-        return LossTerm(per_layer.sum(0), anchor=anchor, per_layer=per_layer)
+        return TeacherLoss(per_layer.sum(0), anchor=anchor, per_layer=per_layer)
 
     def init_stage_modules(self, student):
         return [self.connectors, student.get_feat_modules()]

@@ -50,8 +50,9 @@ def solve_simplex_box_qp(G: Tensor, upper: float, max_exact: int = 8, tol: float
     at_upper = (patterns == 2).to(G.dtype)
     n_free = free.sum(1)
     budget = 1.0 - at_upper.sum(1) * upper          # what the free coordinates must sum to
+    # a face with no free coordinate is a candidate only if its fixed ones already sum to 1; the
+    # others are ruled out below by a mask, not removed (boolean indexing would wait for the device)
     keep = (n_free > 0) | (budget.abs() < 1e-12)
-    patterns, free, at_upper, budget = patterns[keep], free[keep], at_upper[keep], budget[keep]
     P = patterns.shape[0]
     freef = free.to(G.dtype)
 
@@ -68,7 +69,7 @@ def solve_simplex_box_qp(G: Tensor, upper: float, max_exact: int = 8, tol: float
     sol = (torch.linalg.pinv(K) @ rhs[..., None])[..., 0]
     a = sol[:, :m]
     residual = ((K @ sol[..., None])[..., 0] - rhs).abs().amax(1)
-    feasible = (a >= -tol).all(1) & (a <= upper + tol).all(1) & (residual < 1e-7)
+    feasible = keep & (a >= -tol).all(1) & (a <= upper + tol).all(1) & (residual < 1e-7)
     objective = 0.5 * torch.einsum("pi,ij,pj->p", a, G, a)
     objective = torch.where(feasible, objective, torch.full_like(objective, float("inf")))
     best = a[objective.argmin()]
@@ -85,10 +86,8 @@ def _project(a: Tensor, upper: float) -> Tensor:
     lo, hi = (a - upper).min() - 1, a.max() + 1
     for _ in range(100):
         mid = (lo + hi) / 2
-        if (a - mid).clamp(0, upper).sum() > 1:
-            lo = mid
-        else:
-            hi = mid
+        above = (a - mid).clamp(0, upper).sum() > 1     # on the device: no host round trip
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
     return (a - (lo + hi) / 2).clamp(0, upper)
 
 

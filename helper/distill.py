@@ -22,6 +22,7 @@ method's name: the registries resolved them when the run was built.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from distiller_zoo.base import Batch, BuildContext, EnsembleInputs, NetOutput, c
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
 
 from .distributed import average_gradients
-from .loop import StepOutput, Task
+from .loop import StepOutput, Task, backward_and_step
 from .teachers import TeacherEnsemble
 
 
@@ -221,6 +222,7 @@ class DistillTerm(nn.Module):
     def epoch_begin(self, epoch: int, epochs: int):
         for d in self.distillers:
             d.epoch_begin(epoch, epochs)
+        self.strategy.epoch_begin(epoch, epochs)
 
 
 def build_terms(args, student: nn.Module, teachers: TeacherEnsemble, num_classes: int, num_data: int,
@@ -242,17 +244,18 @@ def build_terms(args, student: nn.Module, teachers: TeacherEnsemble, num_classes
 
 
 class _Objective(nn.Module):
-    """The student step as a module (student + terms), so DistributedDataParallel can wrap it and
-    see every trainable parameter's gradient through one forward."""
+    """The student's forward as a module that owns everything trained (student + terms), so
+    DistributedDataParallel can wrap it and see every trainable parameter's gradient through one
+    forward. The task that computes the objective is an argument of ``forward``, not an attribute
+    (no reference cycle, nothing hidden from ``state_dict``)."""
 
-    def __init__(self, task: "StudentTask"):
+    def __init__(self, trainable: nn.Module):
         super().__init__()
-        self.trainable = task.trainable()
-        self.__dict__["task"] = task          # a plain reference, not a submodule
+        self.trainable = trainable
 
-    def forward(self, images, labels, index, epoch: int):
-        out = self.task.compute(images, labels, index, epoch)
-        return out.loss, out.logits, out.metrics
+    def forward(self, task: "StudentTask", images, labels, index, epoch: int):
+        out = task.compute(images, labels, index, epoch)
+        return out.loss, out.logits, out.metrics, out.aux_losses
 
 
 class StudentTask(Task):
@@ -269,7 +272,7 @@ class StudentTask(Task):
         self._weight_sums: Dict[str, torch.Tensor] = {}
         self._steps = 0
         self.student_fn = student             # the student's forward: the model or its compiled form
-        self._objective = _Objective(self)
+        self._objective = _Objective(self._modules)
         self._runner = self._objective        # or its DistributedDataParallel wrapper
 
     def distribute(self, ctx, device, sync_bn=False):
@@ -299,10 +302,24 @@ class StudentTask(Task):
         feats, logits = self.student_fn(images, is_feat=True, preact=self.preact)
         return NetOutput(feats=feats, logits=logits, head=self.model.head, model=self.model), t_outs
 
-    def step(self, batch, epoch):
-        labels = batch[1]
-        loss, logits, metrics = self._runner(batch[0], labels, batch[2] if len(batch) > 2 else None, epoch)
-        return StepOutput(loss, logits, labels, metrics)
+    def train_step(self, data, epoch, optimizer, scaler=None, autocast=contextlib.nullcontext()) -> StepOutput:
+        """One optimisation step of the student on the loader's ``data`` = ``(images, labels[, index])``,
+        top to bottom."""
+        with autocast:
+            # forward (under DDP when distributed): teachers, student, every term with its ensemble
+            # weights, and the losses of modules with their own optimiser (the routing policy)
+            out = self.step(data, epoch)
+        self.update_policy(out)                 # spot-adaptive routing: the policy's backward and step
+        optimizer.zero_grad(set_to_none=True)   # (also drops what the policy loss left on the student)
+        backward_and_step(out.loss, optimizer, scaler)
+        return out
+
+    def step(self, data, epoch):
+        """The forward of the loader's ``data`` = ``(images, labels[, index])`` (the distillers get a
+        ``Batch``)."""
+        labels = data[1]
+        loss, logits, metrics, aux = self._runner(self, data[0], labels, data[2] if len(data) > 2 else None, epoch)
+        return StepOutput(loss, logits, labels, metrics, aux)
 
     def compute(self, images, labels, index, epoch) -> StepOutput:
         """The objective of one batch (called through ``_Objective``, possibly under DDP)."""
@@ -339,8 +356,12 @@ class StudentTask(Task):
 
     def finish_step(self, out: StepOutput, routing, s_out: NetOutput, t_outs: List[NetOutput],
                     batch: Batch) -> StepOutput:
-        """Called after the student's loss is built, before the loop's backward."""
+        """The end of the forward, after the student's loss is built (the routing policy's loss)."""
         return out
+
+    def update_policy(self, out: StepOutput):
+        """After the forward, before the student's backward: train modules with their own optimiser
+        on ``out.aux_losses`` (the routing policy). Plain distillation has none."""
 
     def _accumulate(self, key, shares):
         self._weight_sums[key] = self._weight_sums.get(key, 0) + shares.detach()
@@ -354,11 +375,14 @@ class StudentTask(Task):
         return out
 
     def extra_state(self):
-        return {"distill": self.terms.state_dict()}
+        return {"distill": self.terms.state_dict(),
+                "strategies": {term.key: term.strategy.state_dict() for term in self.terms}}
 
     def load_extra_state(self, state):
         if "distill" in state:
             self.terms.load_state_dict(state["distill"])
+        for term in self.terms:         # checkpoints from before strategies kept state have none
+            term.strategy.load_state_dict(state.get("strategies", {}).get(term.key, {}))
 
 
 def extra_views(terms) -> tuple:

@@ -35,6 +35,8 @@ class StepOutput:
     logits: Tensor                  # the trained network's logits, for training accuracy
     labels: Tensor
     metrics: Dict[str, Tensor] = field(default_factory=dict)   # extra scalars, averaged per epoch
+    # losses of modules that have their own optimiser (the spot-adaptive policy), by name
+    aux_losses: Dict[str, Tensor] = field(default_factory=dict)
 
 
 class Task:
@@ -57,7 +59,17 @@ class Task:
         pass
 
     def step(self, batch, epoch: int) -> StepOutput:
+        """The forward: the loss of one batch (and what the loop reports)."""
         raise NotImplementedError
+
+    def train_step(self, batch, epoch: int, optimizer, scaler=None,
+                   autocast=contextlib.nullcontext()) -> StepOutput:
+        """One optimisation step: the forward under ``autocast``, backward, optimiser step."""
+        with autocast:
+            out = self.step(batch, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        backward_and_step(out.loss, optimizer, scaler)
+        return out
 
     def epoch_metrics(self) -> Dict[str, float]:
         """Per-epoch figures the task tracks itself (e.g. mean ensemble weight per teacher)."""
@@ -90,6 +102,17 @@ class ClassifierTask(Task):
         images, labels = batch[0], batch[1]
         logits = self.net(images)
         return StepOutput(self.criterion(logits, labels), logits, labels)
+
+
+def backward_and_step(loss: Tensor, optimizer, scaler=None):
+    """``loss.backward()`` and ``optimizer.step()``, through the gradient scaler when there is one."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 def maybe_compile(module, log, what: str):
@@ -172,17 +195,8 @@ def train_epoch(task: Task, optimizer, loader, epoch: int, args, scaler=None,
     steps = len(loader)
     images_seen = 0
     for step, batch in enumerate(loader, start=1):
-        with autocast_context(args.device, args.amp):
-            out = task.step(batch, epoch)
+        out = task.train_step(batch, epoch, optimizer, scaler, autocast_context(args.device, args.amp))
         loss = out.loss
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
 
         n = out.labels.shape[0]
         images_seen += n

@@ -19,12 +19,6 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: Iterable[int] = (1, 5)) -> 
     return tuple(hit[:, :min(k, maxk)].any(dim=1).sum() for k in ks)
 
 
-def accuracy(logits: Tensor, labels: Tensor, topk=(1,)):
-    """Top-k accuracies in percent, as RepDistiller's ``accuracy`` (a list of 0-dim tensors)."""
-    n = labels.shape[0]
-    return [c.float() * (100.0 / n) for c in topk_correct(logits, labels, topk)]
-
-
 class DeviceSums:
     """Named running sums kept as device tensors; ``read()`` syncs once and returns floats."""
 

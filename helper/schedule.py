@@ -23,7 +23,7 @@ def lr_at(args, epoch: int) -> float:
     return step_lr(args.learning_rate, epoch, args.lr_decay_epochs, args.lr_decay_rate)
 
 
-def set_lr(optimizer, lr: float, ratios=None):
-    """Set every parameter group's lr; a group may carry ``lr_ratio`` (e.g. a policy network)."""
+def set_lr(optimizer, lr: float):
+    """Set every parameter group's lr."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_ratio", 1.0)
+        group["lr"] = lr

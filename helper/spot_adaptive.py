@@ -11,10 +11,11 @@ pieces and ``docs/spot_adaptive.md`` the formulation.
 One step (``SpotAdaptiveTask``; the order is the reference's):
   1. teachers and student forward (``StudentTask``), the policy's decisions (``route``);
   2. every term's loss with the routing masks multiplied into its ensemble weights, then the
-     graft pass (``finish_step``);
-  3. the policy optimiser: ``zero_grad``, ``backward(L_p)``, ``step``;
-  4. the loop: ``zero_grad`` of the main optimiser (dropping the student gradients that ``L_p``
-     left), ``backward`` of the student loss, ``step``.
+     graft pass and the policy loss ``L_p`` (``finish_step``): the end of the forward;
+  3. the policy optimiser: ``zero_grad``, ``backward(L_p)``, ``step`` (``update_policy``, outside
+     DistributedDataParallel's forward);
+  4. the main optimiser: ``zero_grad`` (dropping the student gradients that ``L_p`` left),
+     ``backward`` of the student loss, ``step``. All four are ``StudentTask.train_step``.
 The student loss never reaches the policy or the adapters (the masks are detached) and ``L_p``
 only reaches the student through gradients the loop discards; the teachers never get any.
 The policy optimiser is SGD with the main momentum, ``--policy_weight_decay`` (1e-3) and the main
@@ -138,20 +139,27 @@ class SpotAdaptiveTask(StudentTask):
         return self.router.step(self.router.decide(s_out, t_outs))
 
     def finish_step(self, out, routing, s_out, t_outs, batch):
+        """The graft pass and the policy loss, in the forward (``update_policy`` trains on it)."""
         decision = routing.decision
         out.metrics.update({k: v.detach() for k, v in self.router.usage(decision).items()})
         if self.router.learns:
             graft_logits = self.router.graft(batch.images, decision.y, self.model, self.teachers.models)
             policy_loss, figures = self.router.policy_loss(graft_logits, batch.labels, s_out.logits, decision.y)
-            self.policy_optimizer.zero_grad(set_to_none=True)
-            # gradients for the policy and adapters only: the student's come from its own loss
-            # (this also keeps DistributedDataParallel's gradient hooks out of the policy step)
-            params = [p for p in self.router.parameters() if p.requires_grad]
-            policy_loss.backward(inputs=params)
-            average_gradients(params)         # across ranks in a distributed run; a no-op otherwise
-            self.policy_optimizer.step()
+            out.aux_losses["policy"] = policy_loss
             out.metrics.update(figures)
         return out
+
+    def update_policy(self, out):
+        """The policy optimiser's step on the policy loss, outside DDP's forward."""
+        if "policy" not in out.aux_losses:
+            return
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        # gradients for the policy and adapters only: the student's come from its own loss
+        # (this also keeps DistributedDataParallel's gradient hooks out of the policy step)
+        params = [p for p in self.router.parameters() if p.requires_grad]
+        out.aux_losses["policy"].backward(inputs=params)
+        average_gradients(params)         # across ranks in a distributed run; a no-op otherwise
+        self.policy_optimizer.step()
 
     def extra_state(self):
         state = super().extra_state()

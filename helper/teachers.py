@@ -60,11 +60,21 @@ class TeacherEnsemble:
         self.fuse_requested = fuse
         self._groups: Optional[List[List[int]]] = None
         self._fused: Dict[int, _FusedGroup] = {}
+        self._compile_log = None              # set by compile(): every forward, fused or not, compiled
         self._forward = list(self.models)     # what runs a teacher: the model or its compiled form
 
     def compile(self, log):
+        """Run every teacher's forward (and every fused group's) through ``torch.compile``; stays in
+        force after ``to()``."""
+        self._compile_log = log
+        self._fused = {}
+        self._forward = self._forwards()
+
+    def _forwards(self):
+        if self._compile_log is None:
+            return list(self.models)
         from .loop import maybe_compile
-        self._forward = [maybe_compile(m, log, f"teacher {n}") for m, n in zip(self.models, self.names)]
+        return [maybe_compile(m, self._compile_log, f"teacher {n}") for m, n in zip(self.models, self.names)]
 
     def __len__(self):
         return len(self.models)
@@ -73,7 +83,7 @@ class TeacherEnsemble:
         self.models = [m.to(device=device, memory_format=memory_format) if memory_format is not None
                        else m.to(device) for m in self.models]
         self._fused = {}
-        self._forward = list(self.models)
+        self._forward = self._forwards()
         return self
 
     def eval(self):
@@ -103,7 +113,12 @@ class TeacherEnsemble:
             if fuse and len(group) > 1:
                 key = group[0]
                 if key not in self._fused:
-                    self._fused[key] = _FusedGroup([self.models[i] for i in group]).to(images.device)
+                    fused = _FusedGroup([self.models[i] for i in group]).to(images.device)
+                    if self._compile_log is not None:
+                        from .loop import maybe_compile
+                        fused.forward = maybe_compile(fused.forward, self._compile_log,
+                                                      f"teachers {', '.join(self.names[i] for i in group)} (fused)")
+                    self._fused[key] = fused
                 results = self._fused[key].forward(images, preact)
             else:
                 results = [self._forward[i](images, is_feat=True, preact=preact) for i in group]

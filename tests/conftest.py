@@ -146,3 +146,34 @@ def assert_same_checkpoints(run_a, run_b, extra: str, filename: str = "resnet8_l
     assert set(a["extra"][extra]) == set(b["extra"][extra])
     for key, value in a["extra"][extra].items():
         assert torch.equal(value, b["extra"][extra][key]), key
+
+
+@contextlib.contextmanager
+def recording_term_weights(task):
+    """Within the block, every term of ``task`` records the ``[M, B]`` weights it returns:
+    yields ``{term key: [weights of each call]}``."""
+    seen = {}
+    for term in task.terms:
+        def forward(*a, _original=term.forward, _key=term.key, **kw):
+            loss, weights, results = _original(*a, **kw)
+            seen.setdefault(_key, []).append(weights.detach().clone())
+            return loss, weights, results
+        term.forward = forward
+    try:
+        yield seen
+    finally:
+        for term in task.terms:
+            del term.forward
+
+
+def assert_shares_are_the_step_weights(task, seen, steps: int):
+    """``task.epoch_metrics()`` is, per term and teacher, the epoch mean over ``steps`` of that
+    teacher's share of the weights the term used (recorded by ``recording_term_weights``)."""
+    expected = {}
+    for key, calls in seen.items():
+        total = sum(w.mean(1) / w.mean(1).sum().clamp_min(1e-12) for w in calls) / steps
+        expected.update({f"weight_{key}_t{m}": v for m, v in enumerate(total.tolist())})
+    got = task.epoch_metrics()
+    assert set(got) == set(expected) and expected
+    for k, v in expected.items():
+        assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k

@@ -1,13 +1,18 @@
 """The student step: terms built from shapes, strategies x losses, gradients where they belong."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from distiller_zoo.base import Batch, NetOutput
+from distiller_zoo.base import Batch, EnsembleStrategy, NetOutput
 from distiller_zoo.KD import kd_loss
+from distiller_zoo.ensembles.aekd import aekd_teacher_weights
+from distiller_zoo.ensembles.evidential import calibrated_sharpness
 from helper.distill import TermSpec, objective_terms, term_weights
 
-from conftest import build_student_task, random_batch, student_options
+from conftest import (assert_shares_are_the_step_weights, build_student_task, random_batch,
+                      recording_term_weights, student_options)
 
 
 def options(**kw):
@@ -21,18 +26,20 @@ def make_run(archs=("resnet8", "resnet14", "resnet8x4"), student="resnet8", num_
 
 @pytest.mark.parametrize("method", ["AVERAGE_LOSS", "EBKD", "CAMKD", "AEKD"])
 @pytest.mark.parametrize("distill", ["kd", "hint", "inter"])
-def test_every_strategy_with_every_issue6_loss(method, distill):
+def test_every_strategy_with_kd_hint_and_inter(method, distill):
     task, args = make_run(distill=distill, ensemble_method=method, beta=1.0)
     task.train_mode()
     x, y = random_batch()
-    out = task.step((x, y), epoch=2)
+    with recording_term_weights(task) as seen:
+        out = task.step((x, y), epoch=2)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is not None for p in task.model.parameters() if p.requires_grad)
     for t in task.teachers.models:
         assert all(p.grad is None for p in t.parameters())
-    shares = task.epoch_metrics()
-    assert shares and all(0 <= v <= 1 for v in shares.values())
+    assert_shares_are_the_step_weights(task, seen, steps=1)
+    if method == "AVERAGE_LOSS":
+        assert all(v == pytest.approx(1 / 3) for v in task.epoch_metrics().values())
 
 
 def test_kd_step_equals_hand_computed_objective():
@@ -91,13 +98,92 @@ def test_inter_confidence_uses_student_feature_through_teacher_head():
 
 
 def test_aekd_hint_weights_use_feature_gradients():
+    """AEKD's weights of the hint term are the SVM dual of the teachers' (normalised) gradients at the
+    student feature the hints read, recomputed here with autograd from the same modules."""
     task, args = make_run(distill="hint", ensemble_method="AEKD", beta=1.0)
     task.train_mode()
     x, y = random_batch()
-    out = task.step((x, y), epoch=2)
-    shares = task.epoch_metrics()
-    assert sum(v for k, v in shares.items() if k.startswith("weight_hint")) == pytest.approx(1.0, abs=1e-5)
+    with recording_term_weights(task) as seen:
+        out = task.step((x, y), epoch=2)
+    feats, logits = task.model(x, is_feat=True)             # train-mode BN: the same batch statistics
+    t_feats = [t(x, is_feat=True)[0] for t in task.teachers.models]
+    f_s = feats[args.hint_layer]
+    grads = []
+    for d, tf in zip(task.terms[1].distillers, t_feats):
+        loss = (d.regressor(f_s) - tf[args.hint_layer].detach()).pow(2).flatten(1).mean(1).mean()
+        grads.append(torch.autograd.grad(loss, f_s, retain_graph=True)[0].mean(0).flatten())
+    expected = aekd_teacher_weights(torch.stack(grads), C=args.C, svm_norm=True)   # feature terms normalise
+    got = seen["hint"][0]
+    assert torch.allclose(got, expected[:, None].expand_as(got), atol=1e-5)
+    assert expected.max() - expected.min() > 0.05                # not a uniform split that anything would match
     out.loss.backward()
+
+
+def teacher_logits(task, x):
+    with torch.no_grad():
+        return torch.stack([t(x) for t in task.teachers.models]).float()
+
+
+def strategy_weights_by_hand(method, t, y, s, args):
+    """``[M, B]`` weights of each strategy from its paper's formula (independent of the code)."""
+    M, B, _ = t.shape
+    if method == "AVERAGE_LOSS":
+        return torch.full((M, B), 1.0 / M)
+    if method == "EBKD":
+        p = torch.softmax(t, -1)
+        H = -(p * p.log()).sum(-1)
+        return (1 - H / H.sum(0)) / M
+    if method == "CAMKD":
+        ce = torch.stack([F.cross_entropy(t[m], y, reduction="none") for m in range(M)])
+        return (1 - torch.softmax(ce, 0)) / ((M - 1) * M)
+    if method == "AEKD":       # gradient of KD at the student logits: T (softmax(s/T) - softmax(t/T)) / B
+        T = args.kd_T
+        g = torch.stack([(T * (torch.softmax(s / T, 1) - torch.softmax(t[m] / T, 1)) / B).mean(0) for m in range(M)])
+        return aekd_teacher_weights(g, C=args.C, svm_norm=args.svm_norm)[:, None].expand(M, B)
+    if method == "EVIDENTIAL":  # certainty = 1 - u of each teacher's tempered Dirichlet, softmax over -u / tau
+        beta = calibrated_sharpness(t, y)
+        z = t / args.evidential_T
+        z = (z - z.mean(-1, keepdim=True)) * beta[:, None, None]
+        alpha = z.double().exp() + math.exp(args.evidential_prior)
+        u = t.shape[-1] * math.exp(args.evidential_prior) / alpha.sum(-1)
+        return torch.softmax(-u / args.evidential_tau, 0).float()
+    raise AssertionError(method)
+
+
+@pytest.mark.parametrize("method, extra", [("AVERAGE_LOSS", {}), ("EBKD", {}), ("CAMKD", {}), ("AEKD", {}),
+                                           ("EVIDENTIAL", {"evidential_mode": "weight"})])
+def test_the_step_weights_each_teachers_loss_by_its_strategy(method, extra):
+    """The KD term of a step is (1/B) sum_i sum_m W[m, i] KD[m, i] with W from the strategy's formula;
+    the uniform split would give a different loss (except for AVERAGE_LOSS, which is that split)."""
+    task, args = make_run(distill="kd", ensemble_method=method, **extra)
+    task.train_mode()
+    x, y = random_batch()
+    out = task.step((x, y), epoch=2)
+    s, t = out.logits.detach().float(), teacher_logits(task, x)
+    L = torch.stack([kd_loss(s, tm, args.kd_T) for tm in t])
+    W = strategy_weights_by_hand(method, t, y, s, args)
+    expected = (W * L).sum() / L.shape[1]
+    assert out.metrics["loss_kd"].item() == pytest.approx(expected.item(), rel=1e-5)
+    uniform = L.mean()
+    if method != "AVERAGE_LOSS":
+        assert abs(expected - uniform) > 1e-3 * uniform
+
+
+def test_evidential_pool_step_distils_the_pooled_teacher():
+    """EVIDENTIAL pool: the KD term is KD to ONE virtual teacher, softmax of the pooled tempered
+    evidence; not the mean of the teachers' KD losses."""
+    task, args = make_run(distill="kd", ensemble_method="EVIDENTIAL", evidential_mode="pool")
+    task.train_mode()
+    x, y = random_batch()
+    out = task.step((x, y), epoch=2)
+    s, t = out.logits.detach().float(), teacher_logits(task, x)
+    beta = calibrated_sharpness(t, y)
+    z = t / args.evidential_T
+    log_e = (z - z.mean(-1, keepdim=True)) * beta[:, None, None]          # gauge "mean"
+    pooled = torch.logsumexp(log_e, 0) - math.log(t.shape[0])             # pool "mean"
+    expected = kd_loss(s, args.evidential_T * pooled, args.kd_T).mean()
+    assert out.metrics["loss_kd"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(expected - torch.stack([kd_loss(s, tm, args.kd_T) for tm in t]).mean()) > 1e-3 * expected
 
 
 def test_loss_weight_schedule_follows_camkd():
@@ -139,12 +225,104 @@ def test_three_terms_each_weighted_and_combined_by_its_own_strategy():
 
 
 def test_hint_with_cross_family_teachers():
-    from models import model_dict as md
-    if "vgg8" not in md:
-        pytest.skip("vgg not registered yet")
+    """A resnet8 student hinted by a resnet8x4 and a vgg8 teacher: one regressor per teacher, from the
+    student's map to that teacher's (different) map; the term is the mean of their MSEs."""
     task, args = make_run(archs=("resnet8x4", "vgg8"), student="resnet8", distill="hint", beta=1.0)
     task.train_mode()
     x, y = random_batch()
     out = task.step((x, y), epoch=3)
+    feats, logits = task.model(x, is_feat=True)
+    mse = []
+    for d, t in zip(task.terms[1].distillers, task.teachers.models):
+        t_map = t(x, is_feat=True)[0][args.hint_layer]
+        r = d.regressor(feats[args.hint_layer])
+        assert r.shape == t_map.shape                       # each regressor lands on its own teacher's map
+        mse.append(F.mse_loss(r, t_map).item())
+    assert task.terms[1].distillers[0].regressor is not task.terms[1].distillers[1].regressor
+    assert out.metrics["loss_hint"].item() == pytest.approx(sum(mse) / 2, rel=1e-5)
+    s, t = out.logits.detach(), teacher_logits(task, x)
+    kd = torch.stack([kd_loss(s, tm, args.kd_T) for tm in t]).mean()
+    assert out.loss.item() == pytest.approx((F.cross_entropy(s, y) + kd + sum(mse) / 2).item(), rel=1e-5)
     out.loss.backward()
-    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None for d in task.terms[1].distillers for p in d.regressor.parameters())
+
+
+class RunningConfidence(EnsembleStrategy):
+    """A toy strategy with state: weights from a running mean of each teacher's loss, and a count of
+    epochs begun (what a strategy with memory, e.g. of teacher reliability, would keep)."""
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.epochs_begun, self.running = 0, None
+
+    def epoch_begin(self, epoch, epochs):
+        self.epochs_begun += 1
+
+    def weights(self, inputs):
+        mean = inputs.losses.mean(1)
+        self.running = mean if self.running is None else 0.5 * self.running + 0.5 * mean
+        return torch.softmax(-self.running, 0)[:, None].expand_as(inputs.losses).contiguous()
+
+    def state_dict(self):
+        return {"epochs_begun": self.epochs_begun, "running": self.running}
+
+    def load_state_dict(self, state):
+        self.epochs_begun, self.running = state["epochs_begun"], state["running"]
+
+
+def test_a_stateful_strategy_is_checkpointed_and_restored():
+    """The task's extra state (what --resume restores) carries each term's strategy state; after a
+    save/load round trip the restored run takes the same next step as the original."""
+    import io
+
+    def run():
+        task, _ = make_run(archs=("resnet8", "resnet14"), distill="kd")
+        task.terms[0].strategy = RunningConfidence(task.args)
+        task.train_mode()
+        return task
+    a, b = run(), run()
+    x, y = random_batch()
+    a.epoch_begin(1, 10)
+    a.step((x, y), epoch=1)
+    a.step((x.flip(3), y), epoch=1)
+    buffer = io.BytesIO()
+    torch.save(a.extra_state(), buffer)
+    buffer.seek(0)
+    b.load_extra_state(torch.load(buffer, weights_only=True))
+    assert b.terms[0].strategy.epochs_begun == 1 and torch.equal(b.terms[0].strategy.running,
+                                                                  a.terms[0].strategy.running)
+    for task in (a, b):
+        task.epoch_begin(2, 10)
+    with recording_term_weights(a) as wa, recording_term_weights(b) as wb:
+        a.step((x, y), epoch=2)
+        b.step((x, y), epoch=2)
+    assert torch.equal(wa["kd"][0], wb["kd"][0]) and b.terms[0].strategy.epochs_begun == 2
+    fresh = run()
+    with recording_term_weights(fresh) as wf:
+        fresh.step((x, y), epoch=2)
+    assert not torch.equal(wf["kd"][0], wa["kd"][0])        # without the state the step differs
+    with pytest.raises(ValueError, match="keeps no state"):
+        make_run(distill="kd")[0].terms[0].strategy.load_state_dict({"running": 1})
+
+
+def test_teachers_stay_compiled_after_to_and_fused_groups_are_compiled(monkeypatch):
+    import helper.loop
+    from helper.teachers import TeacherEnsemble
+    from models import model_dict
+    compiled = []
+
+    def fake_compile(fn, log, what):
+        def run(*a, **kw):
+            compiled.append(what)
+            return fn(*a, **kw)
+        return run
+    monkeypatch.setattr(helper.loop, "maybe_compile", fake_compile)
+    x = random_batch(B=2)[0]
+    for fuse, expected in [(False, ["teacher a", "teacher b", "teacher c"]), (True, ["teachers a, b (fused)", "teacher c"])]:
+        ens = TeacherEnsemble([model_dict[m](num_classes=10) for m in ("resnet8", "resnet8", "resnet14")],
+                              ["a", "b", "c"], fuse=fuse)
+        ens.compile(print)
+        ens.to("cpu")                                   # moving the teachers keeps them compiled
+        compiled.clear()
+        ens.outputs(x)
+        assert compiled == expected

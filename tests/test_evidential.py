@@ -27,6 +27,7 @@ from distiller_zoo.KD import kd_loss
 from helper.distill import StudentTask, build_terms
 from helper.teachers import TeacherEnsemble
 from models import model_dict
+from conftest import assert_shares_are_the_step_weights, recording_term_weights
 
 C = 10
 LAM = EKD_PRIOR
@@ -536,14 +537,13 @@ def test_every_loss_of_the_registry_under_evidential(distill, mode):
     x = torch.randn(B, 3, 32, 32)
     views = [torch.rand(B, 3, 32, 32) for _ in task.extra_views]
     batch = (((x, *views) if views else x), y, torch.arange(B))
-    out = task.step(batch, epoch=3)
+    with recording_term_weights(task) as seen:
+        out = task.step(batch, epoch=3)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert task.model.conv1.weight.grad is not None
     assert all(p.grad is None for t in task.teachers.models for p in t.parameters())
-    shares = task.epoch_metrics()
-    for term in task.terms:
-        assert sum(v for k, v in shares.items() if k.startswith(f"weight_{term.key}_")) == pytest.approx(1.0, abs=1e-5)
+    assert_shares_are_the_step_weights(task, seen, steps=1)
 
 
 def test_registered_with_flags_and_reachable_by_name():

@@ -20,7 +20,8 @@ from distiller_zoo.DKD import dkd_terms
 from distiller_zoo.KD import kd_logit_grad
 from distiller_zoo.MLKD import mlkd_loss, mlkd_terms, mlkd_temperatures
 
-from conftest import build_student_task, random_batch, student_options
+from conftest import (assert_shares_are_the_step_weights, build_student_task, random_batch, recording_term_weights,
+                      student_options)
 
 
 # ------------------------------------------------------------------ independent references (numpy)
@@ -394,14 +395,14 @@ def test_every_logit_loss_with_every_strategy_under_logit_stand(method, distill)
     x, y = random_batch()
     images = (x, x.flip(3)) if distill == "mlkd" else x
     assert task.extra_views == (("strong",) if distill == "mlkd" else ())
-    out = task.step((images, y), epoch=2)
+    with recording_term_weights(task) as seen:
+        out = task.step((images, y), epoch=2)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     assert task.model.conv1.weight.grad.abs().sum() > 0
     for t in task.teachers.models:
         assert all(p.grad is None for p in t.parameters())
-    shares = task.epoch_metrics()
-    assert shares and all(0 <= v <= 1 for v in shares.values())
+    assert_shares_are_the_step_weights(task, seen, steps=1)
 
 
 def test_each_teacher_is_standardized_on_its_own():

@@ -16,6 +16,7 @@ from distiller_zoo.base import Batch, BuildContext, NetOutput
 from helper.distill import StudentTask, build_terms, run_init_stage
 from helper.teachers import TeacherEnsemble
 from models import model_dict
+from conftest import assert_shares_are_the_step_weights, recording_term_weights
 
 NUM_CLASSES = 10
 STRATEGIES = ["AVERAGE_LOSS", "EBKD", "CAMKD", "AEKD"]
@@ -406,14 +407,14 @@ def test_cross_family_pair(distill, pair):
 def test_three_teachers_of_different_families_under_every_strategy(distill, method):
     task, labels = make_task(distill, ("vgg8", "MobileNetV2", "ShuffleV1"), method=method, main_phase_loss=True)
     task.train_mode()
-    out = task.step(batch_of(labels, B=4), epoch=1)
+    with recording_term_weights(task) as seen:
+        out = task.step(batch_of(labels, B=4), epoch=1)
     assert torch.isfinite(out.loss) and f"loss_{distill}" in out.metrics
     out.loss.backward()
     assert task.model.conv1.weight.grad.abs().sum() > 0
     for t in task.teachers.models:
         assert all(p.grad is None for p in t.parameters())
-    shares = task.epoch_metrics()
-    assert sum(v for k, v in shares.items() if k.startswith(f"weight_{distill}")) == pytest.approx(1.0, abs=1e-5)
+    assert_shares_are_the_step_weights(task, seen, steps=1)
 
 
 @pytest.mark.parametrize("distill", ["vid", "abound"])
@@ -425,11 +426,13 @@ def test_aekd_when_the_student_maps_pair_differently_per_teacher(distill):
     ds = task.terms[1].distillers
     assert [i for i, _ in ds[0].pairs] != [i for i, _ in ds[1].pairs]
     task.train_mode()
-    out = task.step(batch_of(labels, B=4), epoch=1)
+    with recording_term_weights(task) as seen:
+        out = task.step(batch_of(labels, B=4), epoch=1)
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    shares = [v for k, v in task.epoch_metrics().items() if k.startswith(f"weight_{distill}")]
-    assert len(shares) == 2 and sum(shares) == pytest.approx(1.0, abs=1e-5)
+    w = seen[distill][0]
+    assert w.shape == (2, 4) and torch.allclose(w.sum(0), torch.ones(4)) and w.min() >= 0   # AEKD: a simplex point per sample
+    assert_shares_are_the_step_weights(task, seen, steps=1)
 
 
 @pytest.mark.parametrize("method", ["CAMKD", "AEKD"])

@@ -11,7 +11,7 @@ import train_student
 from distiller_zoo import ENSEMBLES
 from distiller_zoo.AT import attention_loss
 from distiller_zoo.KD import kd_loss
-from distiller_zoo.base import Batch, BuildContext, Distiller, LossTerm, NetOutput
+from distiller_zoo.base import Batch, BuildContext, Distiller, TeacherLoss, NetOutput
 from distiller_zoo.routing import OUTPUT, distiller_rows, gumbel_softmax
 from distiller_zoo.routing.gumbel import gumbel_noise
 from distiller_zoo.routing.router import Routing, subset_batch, subset_output
@@ -20,6 +20,7 @@ from helper.distill import build_terms
 from helper.spot_adaptive import build_spot_task, same_family
 from helper.teachers import TeacherEnsemble
 from models import model_dict
+from conftest import assert_shares_are_the_step_weights, recording_term_weights
 
 NUM_CLASSES = 10
 IMAGE = 16          # the CIFAR nets run on any size >= 8; 16 px keeps these tests fast
@@ -171,7 +172,7 @@ class TwoMapsInOneValue(Distiller):
 
     def forward(self, s, t, batch):
         v = s.feats[1].flatten(1).mean(1) + s.feats[2].flatten(1).mean(1) - t.feats[2].flatten(1).mean(1)
-        return LossTerm(v)
+        return TeacherLoss(v)
 
 
 def test_loss_without_per_spot_rows_is_refused():
@@ -366,6 +367,7 @@ def test_m1_routing_is_the_single_teacher_method():
     grads = torch.autograd.grad(policy_ref, params, allow_unused=True)
     torch.manual_seed(11)
     out = task.step((x, y, idx), epoch=2)
+    task.update_policy(out)                       # the policy's part of train_step
     assert out.loss.item() == pytest.approx(student_ref.item(), rel=1e-5)
     assert out.metrics["policy_loss"].item() == pytest.approx(policy_ref.item(), rel=1e-5)
     lr, wd = 0.05 * 0.5, 1e-3
@@ -380,14 +382,16 @@ def test_student_and_policy_get_gradient_from_their_own_losses_only():
     router_before = [p.detach().clone() for p in task.router.parameters()]
     x, y, idx = data(B=16)
     out = task.step((x, y, idx), epoch=2)
-    # the policy step already happened: the policy and adapters moved, from L_p alone
+    assert all(torch.equal(a, b) for a, b in zip(router_before, task.router.parameters()))   # forward only
+    task.update_policy(out)
+    # the policy step happened: the policy and adapters moved, from L_p alone
     assert any(not torch.equal(a, b) for a, b in zip(router_before, task.router.parameters()))
     assert all(p.grad is not None for p in task.router.policy.parameters())
     assert all(p.grad is None for p in task.terms.parameters())          # L_p never reaches the connectors
     assert all(p.grad is None for p in task.model.parameters())          # ... nor the student (backward(inputs=))
     for t in task.teachers.models:                                        # and teachers get none
         assert all(p.grad is None and not p.requires_grad for p in t.parameters())
-    # the loop: zero_grad of the main optimiser, backward of the student loss
+    # then train_step's zero_grad of the main optimiser, backward of the student loss
     router_grads = [p.grad.clone() for p in task.router.parameters()]
     assert all(g is None for g in torch.autograd.grad(out.loss, list(task.router.parameters()), retain_graph=True,
                                                        allow_unused=True))
@@ -406,12 +410,12 @@ def test_student_and_policy_get_gradient_from_their_own_losses_only():
 def test_every_strategy_with_routing(method):
     task = make_task("attention", archs=("resnet8", "resnet14", "resnet8"), method=method)
     x, y, idx = data(B=8)
-    out = task.step((x, y, idx), epoch=2)
+    with recording_term_weights(task) as seen:
+        out = task.step((x, y, idx), epoch=2)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert task.model.conv1.weight.grad is not None
-    shares = task.epoch_metrics()
-    assert shares and all(0 <= v <= 1 for v in shares.values())
+    assert_shares_are_the_step_weights(task, seen, steps=1)
 
 
 def test_policy_lr_follows_the_schedule():
@@ -423,7 +427,7 @@ def test_policy_lr_follows_the_schedule():
 def test_policy_and_adapters_are_saved_and_restored_strictly():
     task = make_task("attention", policy_homo="no")
     x, y, idx = data()
-    task.step((x, y, idx), epoch=2)
+    task.update_policy(task.step((x, y, idx), epoch=2))
     state = copy.deepcopy(task.extra_state())
     fresh = make_task("attention", policy_homo="no", seed=5)
     fresh.load_extra_state(state)

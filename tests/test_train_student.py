@@ -29,7 +29,7 @@ def test_each_strategy_trains_a_student_far_above_chance(student_save_dir, metho
     assert os.path.basename(run_dir).endswith(f"_3_resnet8_{method}" + ("_0.6" if method == "AEKD" else ""))
     if method != "AVERAGE_LOSS":                                # weights are logged per teacher
         shares = [metrics[-1][f"weight_kd_t{m}"] for m in range(3)]
-        assert sum(shares) == pytest.approx(1.0, abs=1e-4)
+        assert len({round(v, 6) for v in shares}) > 1          # the strategy told the teachers apart
     ckpt = torch.load(os.path.join(run_dir, "resnet8_best.pth"), weights_only=True)
     assert ckpt["teachers"] == ["digits-resnet8-0", "digits-resnet8-1", "digits-resnet8-2"]
 

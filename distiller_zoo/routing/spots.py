@@ -5,7 +5,7 @@ networks: a feature index of the ``ZooModel`` contract (``feats[0..K-1]`` the st
 ``feats[K]`` the pooled vector) on the student's side and on every teacher's side, or the output
 (the logits). Routing needs no table of loss names: every distiller says where it reads.
 
-- A loss with several rows (``LossTerm.per_layer``, ``[L, B]``) names the student feature of each
+- A loss with several rows (``TeacherLoss.per_layer``, ``[L, B]``) names the student feature of each
   row in ``layer_ids`` and its student/teacher feature pairs in ``pairs`` (AT, NST, KDSVD: one row
   per paired layer, KDSVD's rows belong to the deeper map of two consecutive pairs), or only
   ``pairs`` when there is one row per pair (VID, AB), or only ``layer_ids`` when the teacher's
