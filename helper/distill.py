@@ -275,9 +275,9 @@ class StudentTask(Task):
         self._objective = _Objective(self._modules)
         self._runner = self._objective        # or its DistributedDataParallel wrapper
 
-    def distribute(self, ctx, device, sync_bn=False):
+    def distribute(self, dist_ctx, device, sync_bn=False):
         from .distributed import wrap
-        self._runner = wrap(self._objective, ctx, device, sync_bn)
+        self._runner = wrap(self._objective, dist_ctx, device, sync_bn)
 
     def compile(self, log):
         from .loop import maybe_compile

@@ -44,7 +44,7 @@ class Task:
 
     model: nn.Module                # the network that is evaluated and saved as 'model'
 
-    def distribute(self, ctx, device, sync_bn: bool = False):
+    def distribute(self, dist_ctx, device, sync_bn: bool = False):
         """Wrap what the step runs in DistributedDataParallel (``helper.distributed``)."""
         raise NotImplementedError(f"{type(self).__name__} does not support distributed training")
 
@@ -90,9 +90,9 @@ class ClassifierTask(Task):
         self.net = model            # what the step calls: the model, or its DDP / compiled wrapper
         self.criterion = criterion or nn.CrossEntropyLoss()
 
-    def distribute(self, ctx, device, sync_bn=False):
+    def distribute(self, dist_ctx, device, sync_bn=False):
         from .distributed import wrap
-        self.net = wrap(self.model, ctx, device, sync_bn)
+        self.net = wrap(self.model, dist_ctx, device, sync_bn)
         self.model = getattr(self.net, "module", self.model)
 
     def compile(self, log):
