@@ -125,6 +125,10 @@ def stem(path: str) -> str:
     return f"{folder}_{os.path.splitext(os.path.basename(path))[0]}" if folder else os.path.basename(path)
 
 
+def short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
 # -- sub-commands -------------------------------------------------------------------------------
 def cmd_logits(args) -> list:
     t_data = data_of(args.teacher, args)
@@ -150,14 +154,14 @@ def cmd_logits(args) -> list:
     for path, diff in diffs:
         name = os.path.join(args.out, f"logits_{kind}_{stem(path)}")
         np.save(name + ".npy", diff.numpy())
-        size = min(12.0, 2.0 + 0.12 * spec.num_classes)
+        size = min(12.0, 3.5 + 0.08 * spec.num_classes)
         fig, ax = plt.subplots(figsize=(size + 1.2, size))
         im = ax.imshow(diff.numpy(), cmap="coolwarm", vmin=-bound, vmax=bound, interpolation="nearest")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         ax.set_xlabel("logit (class index)")
         ax.set_ylabel("true class")
         ax.set_title(f"teacher - student class-mean logits ({kind}, {spec.name} {args.split})\n"
-                     f"{stem(args.teacher)} vs {stem(path)}", fontsize=8)
+                     f"T: {short(stem(args.teacher))}\nS: {short(stem(path))}", fontsize=7)
         fig.tight_layout()
         fig.savefig(name + ".png", dpi=args.dpi)
         plt.close(fig)
@@ -191,7 +195,7 @@ def cmd_tsne(args) -> list:
                vmin=0, vmax=max(spec.num_classes - 1, 1))
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"t-SNE of penultimate features: {stem(args.model)} ({spec.name} {args.split})", fontsize=8)
+    ax.set_title(f"t-SNE of penultimate features ({spec.name} {args.split})\n{short(stem(args.model))}", fontsize=8)
     fig.tight_layout()
     fig.savefig(name + ".png", dpi=args.dpi)
     plt.close(fig)
