@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import train_student
-from distiller_zoo.base import Batch, BuildContext, NetOutput
+from distiller_zoo.base import BuildContext, NetOutput
 from distiller_zoo.LG import LocalityGuidance, guidance_pairs
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
 from helper.distill import StudentTask, build_terms

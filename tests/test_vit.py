@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model, get_model_cfg, model_dict
+from models import build_model, get_model_cfg
 from models.deit import DeiT
 from models.vit_blocks import DropPath
 
