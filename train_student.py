@@ -26,8 +26,9 @@ from helper import spot_adaptive
 from helper.distill import StudentTask, build_terms, objective_losses, parse_distill, resolve_objective, run_init_stage
 from helper.loop import NonFiniteLoss, evaluate, fit
 from helper.manifest import ManifestError, manifest_path, teacher_names
-from helper.options import (OneLineParser, add_optimization_arguments, add_run_arguments, configure_backend,
+from helper.options import (OneLineParser, model_options, add_optimization_arguments, add_run_arguments, configure_backend,
                             fail, memory_format, trial_seed, validate_common)
+from helper.schedule import build_optimizer
 from helper.runlog import RunLogger, environment_info
 from helper.teachers import TeacherEnsemble
 from models import build_model, get_model_cfg, imagenet_model_dict, model_dict
@@ -52,6 +53,10 @@ def build_parser():
                    help="do not evaluate the teachers before training")
     g.add_argument("--fuse_teachers", action=argparse.BooleanOptionalAction, default=None,
                    help="run teachers of one architecture as one batched (vmap) forward (default: on for CUDA)")
+    g.add_argument("--student_img_size", type=int, default=None, metavar="N",
+                   help="the student sees the training and test images resized to N px on the device, after the "
+                        "crop and flip; the teachers keep the data set's size (default: the data set's size, "
+                        "224 for the vision transformers, as tiny-transformers)")
     g.add_argument("--tag", type=str, default="",
                    help="appended to the run folder name, for runs that differ only in flags the name does not show")
 
@@ -126,6 +131,14 @@ def parse_args(argv=None):
     if args.beta_delay_epochs < 0:
         fail(parser, f"--beta_delay_epochs must be non-negative, got {args.beta_delay_epochs}")
     spot_adaptive.validate(parser, args)
+    if args.student_img_size is not None and args.student_img_size < 1:
+        fail(parser, f"--student_img_size must be a positive integer, got {args.student_img_size}")
+    if args.spot_adaptive and (args.student_img_size is not None or get_model_cfg(args.model_s, imagenet).family == "vit"):
+        fail(parser, "--spot_adaptive grafts student and teacher stages: it needs a CNN student at the teachers' image size")
+    try:
+        model_options(args, args.model_s, imagenet)
+    except ValueError as exc:
+        fail(parser, str(exc))
     return parser, args
 
 
@@ -193,7 +206,8 @@ def run(parser, args, ctx):
     imagenet = args.dataset == "imagenet"
     teacher_specs = resolve_teachers(parser, args)
     loss_classes = [DISTILLERS[n] for n in objective_losses(args.distill)]
-    views = ("standard",) + tuple(dict.fromkeys(v for cls in loss_classes for v in cls.views if v != "standard"))
+    views = (args.train_view,) + tuple(dict.fromkeys(v for cls in loss_classes for v in cls.views
+                                                     if v != args.train_view))
     try:
         loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
                                     with_index=any(cls.needs_index for cls in loss_classes), views=views,
@@ -207,7 +221,11 @@ def run(parser, args, ctx):
     fmt = memory_format(args)
     teachers = TeacherEnsemble(teacher_models, [n for n, _, _ in teacher_specs],
                                fuse=args.fuse_teachers).to(args.device, memory_format=fmt)
-    student = build_model(args.model_s, spec.num_classes, imagenet=imagenet).to(args.device, memory_format=fmt)
+    student = build_model(args.model_s, spec.num_classes, imagenet=imagenet,
+                          **model_options(args, args.model_s, imagenet, args.student_img_size))
+    if args.student_img_size is not None:     # a CNN student: resize its input (a ViT is built at the size)
+        student.input_resize = args.student_img_size
+    student = student.to(args.device, memory_format=fmt)
 
     weight_notes = []
     resolve_loss_weights(args, weight_notes.append)      # before naming: the folder name holds -r/-a/-b
@@ -266,11 +284,11 @@ def train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weigh
         task.compile(run.info)
     if not args.resume:
         run_init_stage(task, loaders.train, args, run.info)
-    optimizer = torch.optim.SGD(task.trainable().parameters(), lr=args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    optimizer = build_optimizer(task.trainable(), args)
     meta = {"arch": args.model_s, "num_classes": spec.num_classes, "dataset": spec.name, "trial": args.trial,
             "distill": args.distill, "ensemble_method": args.ensemble_method, "seed": seed,
-            "teachers": teachers.names, "teacher_archs": [m.arch for m in teacher_models]}
+            "teachers": teachers.names, "teacher_archs": [m.arch for m in teacher_models],
+            **({"img_size": student.input_resize} if student.input_resize is not None else {})}
     try:
         summary = fit(task, optimizer, loaders, args, run, meta, is_main=ctx.is_main, distributed=ctx.enabled)
     except (NonFiniteLoss, ResumeError) as exc:

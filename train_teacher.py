@@ -23,7 +23,8 @@ from helper.loop import ClassifierTask, NonFiniteLoss, fit
 from helper import distributed
 from helper.distributed import DistContext
 from helper.manifest import add_teacher, entry_name, manifest_path
-from helper.options import (OneLineParser, add_optimization_arguments, add_run_arguments, configure_backend,
+from helper.schedule import build_optimizer
+from helper.options import (OneLineParser, model_options, add_optimization_arguments, add_run_arguments, configure_backend,
                             fail, memory_format, trial_seed, validate_common)
 from helper.runlog import RunLogger, environment_info
 from models import build_model, get_model_cfg, imagenet_model_dict, model_dict
@@ -69,6 +70,10 @@ def parse_args(argv=None):
         fail(parser, f"--model {args.model!r} is not a {'ImageNet' if imagenet else 'CIFAR-sized'} model; "
                      f"expected one of: {', '.join(sorted(table))}")
     validate_common(parser, args, default_lr=get_model_cfg(args.model, imagenet).default_lr)
+    try:
+        model_options(args, args.model, imagenet)
+    except ValueError as exc:
+        fail(parser, str(exc))
     args.trial_list = parse_trials(parser, args)
     return args
 
@@ -84,9 +89,11 @@ def train_one(args, trial: str, ctx: DistContext):
     seed = trial_seed(args.seed, trial)
     torch.manual_seed(seed)
     loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
-                                rank=ctx.rank, world_size=ctx.world_size)
+                                rank=ctx.rank, world_size=ctx.world_size, views=(args.train_view,))
     spec = loaders.spec
-    model = build_model(args.model, spec.num_classes, imagenet=args.dataset == "imagenet")
+    imagenet = args.dataset == "imagenet"
+    model = build_model(args.model, spec.num_classes, imagenet=imagenet,
+                        **model_options(args, args.model, imagenet))
     model = model.to(args.device, memory_format=memory_format(args))
     run_dir = run_folder(args, trial)
     run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume, enabled=ctx.is_main)
@@ -95,8 +102,7 @@ def train_one(args, trial: str, ctx: DistContext):
     task.distribute(ctx, args.device, args.sync_bn)
     if args.compile:
         task.compile(run.info)
-    optimizer = torch.optim.SGD(task.model.parameters(), lr=args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    optimizer = build_optimizer(task.model, args)
     run.write_config(dict(vars(args), trial=trial, seed_used=seed),
                      dict(environment_info(args.device), seed=seed, trial=trial))
     run.info(f"==> teacher {args.model} on {spec.name} ({spec.num_classes} classes, {spec.num_train} train / "

@@ -38,6 +38,17 @@ def add_optimization_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--nesterov", action="store_true")
     g.add_argument("--cosine", action="store_true", help="cosine schedule instead of step decay")
+    g.add_argument("--optimizer", type=str, default="sgd", choices=("sgd", "adamw"),
+                   help="sgd (RepDistiller: every parameter decayed) or adamw (DeiT/tiny-transformers: "
+                        "biases, norms, class tokens and position embeddings not decayed)")
+    g.add_argument("--warmup_epochs", type=int, default=0,
+                   help="linear warm-up from 0.001 x the learning rate over this many first epochs")
+    g.add_argument("--min_lr", type=float, default=0.0, help="the cosine schedule's floor (--cosine)")
+    g.add_argument("--drop_path", type=float, default=0.0,
+                   help="stochastic depth rate of the (student) vision transformer, e.g. 0.1")
+    g.add_argument("--train_view", type=str, default="standard",
+                   help="the training augmentation: standard (crop + flip) or strong (crop + flip + "
+                        "RandAugment + Cutout, MLKD's strong view)")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser):
@@ -59,6 +70,22 @@ def add_run_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--compile", action="store_true", help="torch.compile the networks (falls back with a message)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
     g.add_argument("--quiet", action="store_true", help="no per-step progress output")
+
+
+def model_options(args, name: str, imagenet: bool, img_size=None) -> dict:
+    """Constructor options for ``name`` from ``--drop_path`` and an image size, checked against the
+    options the model registered (the vision transformers take both; CNNs neither); a ValueError
+    with a one-line message otherwise."""
+    from models import get_model_cfg
+    accepted = get_model_cfg(name, imagenet).options
+    options = {}
+    if args.drop_path:
+        if "drop_path" not in accepted:
+            raise ValueError(f"--drop_path {args.drop_path}: {name} has no drop path (the vision transformers do)")
+        options["drop_path"] = args.drop_path
+    if img_size is not None and "img_size" in accepted:
+        options["img_size"] = img_size
+    return options
 
 
 def parse_decay_epochs(parser, text: str):
@@ -102,6 +129,10 @@ def validate_common(parser, args, default_lr: float):
         fail(parser, f"--learning_rate must be positive, got {args.learning_rate}")
     if args.weight_decay < 0 or args.momentum < 0:
         fail(parser, "--weight_decay and --momentum must be non-negative")
+    if args.warmup_epochs < 0 or args.min_lr < 0 or args.min_lr >= args.learning_rate:
+        fail(parser, "--warmup_epochs and --min_lr must be non-negative, and --min_lr below --learning_rate")
+    if not 0 <= args.drop_path < 1:
+        fail(parser, f"--drop_path must lie in [0, 1), got {args.drop_path}")
     if args.print_freq < 1 or args.save_freq < 1:
         fail(parser, "--print_freq and --save_freq must be positive integers")
     args.lr_decay_epochs = parse_decay_epochs(parser, args.lr_decay_epochs)

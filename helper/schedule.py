@@ -1,8 +1,14 @@
-"""Learning-rate schedules, per epoch, as RepDistiller applies them (epochs count from 1)."""
+"""Learning-rate schedules, per epoch, as RepDistiller applies them (epochs count from 1), the
+warm-up and cosine floor of the vision-transformer recipe, and the optimiser."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+WARMUP_FACTOR = 1e-3     # tiny-transformers' OPTIM.WARMUP_FACTOR: warm-up starts at 0.001 x lr
 
 
 def step_lr(base_lr: float, epoch: int, decay_epochs: Sequence[int], decay_rate: float) -> float:
@@ -12,14 +18,25 @@ def step_lr(base_lr: float, epoch: int, decay_epochs: Sequence[int], decay_rate:
     return base_lr * decay_rate ** passed
 
 
-def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
-    """Cosine annealing from ``base_lr`` at epoch 1 towards 0 after the last epoch."""
-    return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+def cosine_lr(base_lr: float, epoch: int, epochs: int, min_lr: float = 0.0) -> float:
+    """Cosine annealing from ``base_lr`` at epoch 1 towards ``min_lr`` after the last epoch."""
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
+def warmup_lr(base_lr: float, epoch: int, warmup_epochs: int) -> float:
+    """Linear warm-up from ``WARMUP_FACTOR * base_lr`` at epoch 1, one step per epoch, reaching
+    ``base_lr`` at epoch ``warmup_epochs + 1`` (timm's ``CosineLRScheduler`` with ``warmup_t``,
+    which tiny-transformers uses; after the warm-up the cosine continues at its own epoch, it is
+    not shifted)."""
+    start = WARMUP_FACTOR * base_lr
+    return start + (epoch - 1) * (base_lr - start) / warmup_epochs
 
 
 def lr_at(args, epoch: int) -> float:
+    if epoch - 1 < args.warmup_epochs:
+        return warmup_lr(args.learning_rate, epoch, args.warmup_epochs)
     if getattr(args, "cosine", False):
-        return cosine_lr(args.learning_rate, epoch, args.epochs)
+        return cosine_lr(args.learning_rate, epoch, args.epochs, args.min_lr)
     return step_lr(args.learning_rate, epoch, args.lr_decay_epochs, args.lr_decay_rate)
 
 
@@ -27,3 +44,27 @@ def set_lr(optimizer, lr: float):
     """Set every parameter group's lr."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "distill_token")
+
+
+def decay_groups(module: nn.Module, weight_decay: float):
+    """tiny-transformers' (and DeiT's) split: biases, 1-D parameters (norms) and the token / position
+    embeddings get no weight decay; every other trainable parameter gets ``weight_decay``."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.dim() <= 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY_NAMES)
+        (no_decay if skip else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_optimizer(module: nn.Module, args) -> torch.optim.Optimizer:
+    """``--optimizer sgd``: RepDistiller's SGD (momentum, nesterov, every parameter decayed);
+    ``adamw``: AdamW with the no-decay split above (betas 0.9, 0.999)."""
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(decay_groups(module, args.weight_decay), lr=args.learning_rate)
+    return torch.optim.SGD(module.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                           weight_decay=args.weight_decay, nesterov=args.nesterov)

@@ -11,4 +11,8 @@ from . import vgg  # noqa: F401
 from . import mobilenetv2  # noqa: F401
 from . import ShuffleNetv1  # noqa: F401
 from . import ShuffleNetv2  # noqa: F401
+from . import deit  # noqa: F401  (vision transformers: DeiT, T2T-ViT, PiT, PVT)
+from . import t2t_vit  # noqa: F401
+from . import pit  # noqa: F401
+from . import pvt  # noqa: F401
 from . import imagenet  # noqa: F401  (224-px models, into imagenet_model_dict)

@@ -19,7 +19,7 @@ state_dicts saved by RepDistiller, mdistiller or CA-MKD load unchanged.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,9 @@ class ZooModel(nn.Module):
     num_stages: int = 0
     arch: str = ""          # registry name, set by the registry's builder
     input_size: int = 32    # image size the model is built for, set by the registry's builder
+    # When set, images of another size are resized (bilinear) to this square size on their device
+    # before stage 0: a student trained at --student_img_size, or a ViT built for a fixed token grid.
+    input_resize: Optional[int] = None
 
     # -- what subclasses implement --------------------------------------------------------------
     def stage(self, i: int, x: Tensor, preact: bool = False) -> Tuple[Tensor, Tensor]:
@@ -53,7 +56,15 @@ class ZooModel(nn.Module):
         raise NotImplementedError
 
     # -- the shared contract --------------------------------------------------------------------
+    def fit_input(self, x: Tensor) -> Tensor:
+        """The image at ``input_resize`` (bilinear, as tiny-transformers resizes for its teacher)."""
+        size = self.input_resize
+        if size is None or tuple(x.shape[-2:]) == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
     def forward(self, x: Tensor, is_feat: bool = False, preact: bool = False):
+        x = self.fit_input(x)
         feats = []
         for i in range(self.num_stages):
             x, feat = self.stage(i, x, preact)
@@ -69,6 +80,8 @@ class ZooModel(nn.Module):
     def run_stages(self, x: Tensor, begin: int = 0, end: int | None = None) -> Tensor:
         """Run stages ``begin .. end-1`` on ``x`` (the output of stage ``begin-1``, or the image)."""
         end = self.num_stages if end is None else end
+        if begin == 0:
+            x = self.fit_input(x)
         for i in range(begin, end):
             x, _ = self.stage(i, x, False)
         return x

@@ -26,7 +26,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .registry import imagenet_model_dict, model_dict
+from .registry import imagenet_model_cfg, imagenet_model_dict, model_cfg, model_dict
 
 _PREFIXES = ("module.", "_orig_mod.")        # DataParallel/DDP, torch.compile
 _STATE_KEYS = ("model", "state_dict")        # where training scripts put the weights
@@ -191,7 +191,12 @@ def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = No
     if num_classes is not None and int(num_classes) != n_cls:
         raise _fail(path, f"has {n_cls} classes, expected {int(num_classes)}")
 
-    model = table[name](num_classes=n_cls)
+    # a student trained at --student_img_size (a ViT is built for it; a CNN resizes its input)
+    size = meta.get("img_size") if isinstance(meta.get("img_size"), int) else None
+    takes_size = "img_size" in (imagenet_model_cfg if imagenet else model_cfg)[name].options
+    model = table[name](num_classes=n_cls, **({"img_size": size} if size and takes_size else {}))
+    if size:
+        model.input_resize = size
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]

@@ -7,7 +7,7 @@ needs to know about an architecture without building it (timm's ``pretrained_cfg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import torch.nn as nn
 
@@ -18,6 +18,7 @@ class ModelCfg:
     family: str          # architecture family: decides "same-family" pairs (spot-adaptive routing)
     input_size: int      # the image size the model is designed for (32 CIFAR, 224 ImageNet)
     default_lr: float    # RepDistiller's learning rate for this model (0.01 for the light nets)
+    options: Tuple[str, ...] = ()   # keyword options the constructor takes (ViTs: img_size, drop_path, ...)
 
 
 # CIFAR zoo (RepDistiller names) and ImageNet zoo (mdistiller names) are kept apart because the
@@ -29,7 +30,7 @@ imagenet_model_cfg: Dict[str, ModelCfg] = {}
 
 
 def register_model(name: str | None = None, *, family: str, input_size: int = 32,
-                   default_lr: float = 0.05):
+                   default_lr: float = 0.05, options: Tuple[str, ...] = ()):
     """Register a constructor ``fn(num_classes=...) -> nn.Module`` under ``name``."""
     def wrap(fn):
         key = name or fn.__name__
@@ -41,12 +42,12 @@ def register_model(name: str | None = None, *, family: str, input_size: int = 32
         def build(num_classes: int = 100, **kwargs):
             model = fn(num_classes=num_classes, **kwargs)
             model.arch = key
-            model.input_size = input_size
+            model.input_size = getattr(model, "img_size", input_size)   # a ViT's own size
             return model
         build.__name__ = key
         build.__doc__ = fn.__doc__
         table[key] = build
-        cfgs[key] = ModelCfg(key, family, input_size, default_lr)
+        cfgs[key] = ModelCfg(key, family, input_size, default_lr, tuple(options))
         return fn
     return wrap
 
@@ -62,11 +63,17 @@ def get_model_cfg(name: str, imagenet: bool = False) -> ModelCfg:
     return cfgs[name]
 
 
-def build_model(name: str, num_classes: int, imagenet: bool = False) -> nn.Module:
-    """Build a zoo model by name; an unknown name is a one-line ValueError listing the choices."""
+def build_model(name: str, num_classes: int, imagenet: bool = False, **options) -> nn.Module:
+    """Build a zoo model by name; an unknown name is a one-line ValueError listing the choices.
+    ``options`` (e.g. ``img_size``, ``drop_path``) must be among the model's registered options."""
     table = imagenet_model_dict if imagenet else model_dict
     if name not in table:
         raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(sorted(table))}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    return table[name](num_classes=int(num_classes))
+    cfg = get_model_cfg(name, imagenet)
+    unknown = sorted(set(options) - set(cfg.options))
+    if unknown:
+        raise ValueError(f"model {name!r} takes no option(s) {', '.join(unknown)}"
+                         + (f"; it takes: {', '.join(cfg.options)}" if cfg.options else ""))
+    return table[name](num_classes=int(num_classes), **options)
