@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Distiller, LossTerm
+from .base import Distiller, TeacherLoss
 from .connectors import full_precision
 from .registry import register_distiller
 
@@ -65,4 +65,4 @@ class LocalityGuidance(Distiller):
         per_layer = torch.stack([guidance_loss(conv(s.feats[i]), t.feats[j].detach())
                                  for conv, (i, j) in zip(self.connectors, self.pairs)])
         # anchor: the deepest student map read, the same tensor for every teacher (AEKD's gradients)
-        return LossTerm(per_layer.sum(0), anchor=s.feats[self.pairs[-1][0]], per_layer=per_layer)
+        return TeacherLoss(per_layer.sum(0), anchor=s.feats[self.pairs[-1][0]], per_layer=per_layer)
