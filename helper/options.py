@@ -7,6 +7,7 @@ Every validation failure is one line that names the flag and what was expected.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import zlib
@@ -25,33 +26,124 @@ def fail(parser: argparse.ArgumentParser, message: str):
     parser.error(message)
 
 
+# -- argparse ``type=`` functions: a flag defined with one of these is validated where it is defined,
+#    and argparse names the flag in the one-line error ("argument --kd_T: invalid positive_float ...").
+def _number(text, kind):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, "
+                                         f"got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def finite_float(text) -> float:
+    """Any finite number (nan and inf refused)."""
+    return _number(text, float)
+
+
+def positive_float(text) -> float:
+    """A finite number > 0 (a learning rate, a temperature)."""
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text) -> float:
+    """A finite number >= 0 (a loss weight, a weight decay)."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def unit_interval_float(text) -> float:
+    """A number in [0, 1) (SGD momentum)."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def positive_int(text) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+LABEL_CHARS = "-_.=~"
+
+
+def is_label(text: str) -> bool:
+    """Letters, digits and - _ . = ~, not starting with '.' (so never '..' or a hidden name)."""
+    return bool(text) and not text.startswith(".") and all(ch.isalnum() or ch in LABEL_CHARS for ch in text)
+
+
+def label(text) -> str:
+    """A name that becomes part of a folder name (--trial, --tag): no '/', no '..', no spaces."""
+    text = str(text)
+    if not is_label(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits and {' '.join(LABEL_CHARS)} only, "
+                                         f"not starting with '.' (it names a folder)")
+    return text
+
+
+def optional_label(text) -> str:
+    """``label``, or empty (--tag's default)."""
+    return "" if text == "" else label(text)
+
+
+def folder_path(text) -> str:
+    """A folder that is, or can become, a directory: not empty, not an existing file."""
+    text = str(text)
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, expected a folder")
+    return text
+
+
 def add_optimization_arguments(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("optimisation (RepDistiller defaults)")
-    g.add_argument("--batch_size", type=int, default=64)
+    g.add_argument("--batch_size", type=positive_int, default=64)
     g.add_argument("--epochs", type=int, default=240)
-    g.add_argument("--learning_rate", type=float, default=None,
+    g.add_argument("--learning_rate", type=positive_float, default=None,
                    help="default 0.05, or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 (RepDistiller)")
     g.add_argument("--lr_decay_epochs", type=str, default="150,180,210",
                    help="epochs after which the learning rate is multiplied by --lr_decay_rate")
-    g.add_argument("--lr_decay_rate", type=float, default=0.1)
-    g.add_argument("--weight_decay", type=float, default=5e-4)
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--lr_decay_rate", type=positive_float, default=0.1)
+    g.add_argument("--weight_decay", type=non_negative_float, default=5e-4)
+    g.add_argument("--momentum", type=unit_interval_float, default=0.9)
     g.add_argument("--nesterov", action="store_true")
     g.add_argument("--cosine", action="store_true", help="cosine schedule instead of step decay")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("run")
-    g.add_argument("--trial", type=str, default="0", help="trial label; also selects the seed")
+    g.add_argument("--trial", type=label, default="0", help="trial label; also selects the seed")
     g.add_argument("--seed", type=int, default=0, help="base seed; a trial's seed is seed + trial")
     g.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (bf16 where supported, else fp16 with a scaler); default on for CUDA")
-    g.add_argument("--print_freq", "--print-freq", type=int, default=100, help="steps between progress lines")
-    g.add_argument("--save_freq", type=int, default=40, help="also keep ckpt_epoch_<n>.pth every n epochs")
-    g.add_argument("--save_dir", type=str, default="./save", help="root of run folders and the teacher manifest")
+    g.add_argument("--print_freq", "--print-freq", type=positive_int, default=100, help="steps between progress lines")
+    g.add_argument("--save_freq", type=positive_int, default=40, help="also keep ckpt_epoch_<n>.pth every n epochs")
+    g.add_argument("--save_dir", type=folder_path, default="./save", help="root of run folders and the teacher manifest")
     g.add_argument("--resume", action="store_true",
-                   help="continue the run in its folder from <model>_last.pth")
+                   help="continue the run in its folder from <model>_last.pth (the result-changing flags "
+                        "must equal the saved ones; see the README)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a finished or interrupted run in the same folder (its files are deleted)")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (reproducible on GPU, slower)")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
@@ -98,12 +190,8 @@ def validate_common(parser, args, default_lr: float):
         fail(parser, f"--batch_size must be a positive integer, got {args.batch_size}")
     if args.learning_rate is None:
         args.learning_rate = default_lr
-    if not args.learning_rate > 0:
-        fail(parser, f"--learning_rate must be positive, got {args.learning_rate}")
-    if args.weight_decay < 0 or args.momentum < 0:
-        fail(parser, "--weight_decay and --momentum must be non-negative")
-    if args.print_freq < 1 or args.save_freq < 1:
-        fail(parser, "--print_freq and --save_freq must be positive integers")
+    if args.resume and args.overwrite:
+        fail(parser, "--resume continues a run and --overwrite replaces it: give one of them")
     args.lr_decay_epochs = parse_decay_epochs(parser, args.lr_decay_epochs)
     args.device = str(resolve_device(parser, args.device))
     if args.amp is None:
