@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 
 import torch
@@ -274,12 +273,14 @@ def run(parser, args, ctx, where):
     settings = result_settings(args, archs, digests)
     run_dir = os.path.join(args.save_dir, "students", run_name(args, archs, digests))
     lock = None
-    try:
+    try:          # read-only checks on every process (all refuse together), then rank 0 locks
+        if args.resume:           # before the folder is touched: a refused resume leaves nothing behind
+            runfolder.check_resume(parser, run_dir, settings, identity=("model_s", "dataset", "trial"))
+            load_for_resume(checkpoint_paths(run_dir, args.model_s)[0],
+                            expect={"arch": args.model_s, "num_classes": spec.num_classes})
+        else:
+            runfolder.check_free(run_dir, args.overwrite)
         if ctx.is_main:
-            if args.resume:       # before the folder is touched: a refused resume leaves nothing behind
-                runfolder.check_resume(parser, run_dir, settings, identity=("model_s", "dataset", "trial"))
-                load_for_resume(checkpoint_paths(run_dir, args.model_s)[0],
-                                expect={"arch": args.model_s, "num_classes": spec.num_classes})
             lock = runfolder.claim(run_dir, resume=args.resume, overwrite=args.overwrite,
                                    log=None if args.quiet else print)
     except (RunFolderError, ResumeError) as exc:

@@ -136,10 +136,14 @@ def register(args, trial, spec_name, num_classes, summary):
 def prepare(parser, args, trial, ctx):
     """Decide how this trial starts, before its folder is touched: ``"fresh"``, ``"resume"`` or
     ``"finished"``; a resume whose settings differ, or with nothing to resume, is a ``Stop``."""
-    if not args.resume or not ctx.is_main:
-        return "resume" if args.resume else "fresh"
-    targs = trial_args(args, trial)
     run_dir = run_folder(args, trial)
+    if not args.resume:              # read-only, on every process: all refuse together
+        try:
+            runfolder.check_free(run_dir, args.overwrite)
+        except RunFolderError as exc:
+            raise Stop(str(exc), code=2)
+        return "fresh"
+    targs = trial_args(args, trial)
     several = len(args.trial_list) > 1
     try:
         found = runfolder.check_resume(parser, run_dir, runfolder.result_settings(parser, targs),
@@ -164,6 +168,8 @@ def train_one(parser, args, trial: str, ctx: DistContext, where):
     if start == "finished":
         summary = read_summary(run_dir)
         spec = spec_from_args(args)
+        if not ctx.is_main:
+            return entry_name(spec.name, args.model, trial), summary
         name = register(args, trial, spec.name, spec.num_classes, summary)
         print(f"==> {name}: already finished in {run_dir} (best {summary['best_acc']:.2f}); recorded")
         return name, summary

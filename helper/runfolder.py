@@ -233,6 +233,15 @@ def clear_folder(run_dir: str):
             os.remove(path)
 
 
+def check_free(run_dir: str, overwrite: bool):
+    """A new run may not start where an earlier run lives (read-only: every process of a
+    distributed run checks it, so all refuse together)."""
+    if not overwrite and os.path.isdir(run_dir) and holds_run(run_dir):
+        raise RunFolderError(
+            f"run folder {run_dir} already holds {describe_run(run_dir)}; continue it with "
+            f"--resume, start a separate run with --tag NAME, or replace it with --overwrite")
+
+
 def claim(run_dir: str, *, resume: bool, overwrite: bool, log=None) -> RunLock:
     """Lock ``run_dir`` for this run. A fresh run is refused where an earlier run lives unless
     ``overwrite`` (then that run's files are deleted); a resumed run needs the folder to exist.
@@ -245,11 +254,8 @@ def claim(run_dir: str, *, resume: bool, overwrite: bool, log=None) -> RunLock:
     try:
         remove_stale_temporaries(run_dir)
         if not resume:
+            check_free(run_dir, overwrite)
             if holds_run(run_dir):
-                if not overwrite:
-                    raise RunFolderError(
-                        f"run folder {run_dir} already holds {describe_run(run_dir)}; continue it with "
-                        f"--resume, start a separate run with --tag NAME, or replace it with --overwrite")
                 if log:
                     log(f"==> --overwrite: deleting the earlier run's files in {run_dir}")
             clear_folder(run_dir)
