@@ -60,6 +60,11 @@ def _show(value) -> str:
     return str(value)
 
 
+def _plain(text: str) -> str:
+    """'32.0' -> '32' in messages (numbers are compared as floats)."""
+    return text[:-2] if text.endswith(".0") and text[:-2].lstrip("-").isdigit() else text
+
+
 def parser_defaults(parser) -> Dict[str, Any]:
     return {a.dest: a.default for a in parser._actions if a.dest != "help"}
 
@@ -73,13 +78,24 @@ def option_name(parser, dest: str) -> str:
     return dest
 
 
+def _norm(value):
+    """Numbers as floats (``--kd_T 4`` typed or left at its default 4 is one setting)."""
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_norm(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def result_settings(parser, args, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Every setting that changes the result: the parser's flags minus ``NOT_RESULT`` (their
     resolved values, as args.json stores them), plus ``extra`` (e.g. the teachers' digests)."""
     from .runlog import to_jsonable
     out = {d: getattr(args, d) for d in parser_defaults(parser) if d not in NOT_RESULT and hasattr(args, d)}
     out.update(extra or {})
-    return to_jsonable(out)
+    return _norm(to_jsonable(out))
 
 
 def config_hash(settings: Dict[str, Any]) -> str:
@@ -291,15 +307,15 @@ def differences(parser, now: Dict[str, Any], saved: Dict[str, Any]) -> List[str]
     out = []
     for key, value in now.items():
         if key not in saved:
-            if key in defaults and json.dumps(value) == json.dumps(defaults[key]):
+            if key in defaults and json.dumps(value) == json.dumps(_norm(defaults[key])):
                 continue
             old = "(not set)"
-        elif json.dumps(saved[key], sort_keys=True) == json.dumps(value, sort_keys=True):
+        elif json.dumps(_norm(saved[key]), sort_keys=True) == json.dumps(value, sort_keys=True):
             continue
         else:
             old = _show(saved[key])
         name = EXTRA_NAMES.get(key) or option_name(parser, key)
-        out.append(f"{name} {old} -> {_show(value)}")
+        out.append(f"{name} {_plain(old)} -> {_plain(_show(value))}")
     return out
 
 

@@ -225,7 +225,7 @@ def test_student_resume_with_other_teachers_or_kd_T_is_refused(one_epoch_teacher
     capsys.readouterr()
     assert train_student.main(common + ["--path_t", t0, "--kd_T", "10", "--resume"]) == 2
     err = one_line_error(capsys)
-    assert "--kd_T 4 -> 10.0" in err or "--kd_T 4.0 -> 10.0" in err
+    assert "--kd_T 4 -> 10" in err
     assert train_student.main(common + ["--path_t", t1, "--resume"]) == 2
     assert "the teachers' checkpoints" in one_line_error(capsys)
     assert len(os.listdir(os.path.join(save, "students"))) == 1      # nothing new was created
