@@ -469,3 +469,18 @@ def test_a_partial_last_metrics_line_is_not_corruption(tmp_path):
     _fake_run(str(tmp_path), "0", 50.0, **{"metrics.jsonl": '{"epoch": 1, "test_acc": 50.0}\n{"epoch": 2, "te'})
     runs = find_runs(str(tmp_path), on_skip=lambda *a: pytest.fail(f"skipped {a}"))
     assert [m["epoch"] for m in runs[0].metrics] == [1]
+
+
+def test_student_ctrl_c_before_the_first_checkpoint_says_so(one_epoch_teachers, tmp_path, monkeypatch, capsys):
+    from helper.distill import StudentTask
+
+    def interrupt(self, batch, epoch):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(StudentTask, "step", interrupt)
+    code = train_student.main(["--dataset", "digits", "--save_dir", str(tmp_path), "--quiet", "--model_s", "resnet8",
+                               "--epochs", "1", "--batch_size", "256", "--skip_validation",
+                               "--path_t", teacher_paths(one_epoch_teachers)[0]])
+    err = one_line_error(capsys)
+    assert code == 130 and "interrupted (Ctrl-C)" in err and "no checkpoint was written" in err
+    (run_dir,) = [os.path.join(tmp_path, "students", d) for d in os.listdir(tmp_path / "students")]
+    assert not os.path.exists(os.path.join(run_dir, runfolder.LOCK_NAME))
