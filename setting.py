@@ -10,9 +10,10 @@ manifest entry of the same name.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Dict, List
 
-from helper.manifest import ManifestError, manifest_path, read_manifest, resolve_path, teacher_names
+from helper.manifest import ManifestError, check_entry, manifest_path, read_manifest, resolve_path, teacher_names
 
 SAVE_DIR = os.environ.get("MTKD_SAVE_DIR", "./save")
 
@@ -29,6 +30,7 @@ def available_teachers(save_dir: str = SAVE_DIR) -> Dict[str, dict]:
     teachers = {name: dict(e, path=resolve_path(path, e)) for name, e in read_manifest(path).items()}
     here = os.path.dirname(os.path.abspath(__file__))
     for name, entry in MANUAL_TEACHERS.items():
+        check_entry(name, entry, "setting.py MANUAL_TEACHERS")
         teachers[name] = dict(entry, path=os.path.normpath(os.path.join(here, entry["path"])),
                               source="setting.py")
     return teachers
@@ -57,7 +59,7 @@ def _load_module_level():
     try:
         teachers = available_teachers()
     except ManifestError as exc:  # importing setting must not fail; using a teacher will say why
-        print(f"setting.py: {exc}")
+        print(f"setting.py: warning: {exc}", file=sys.stderr)
         teachers = {}
     paths = {name: e["path"] for name, e in teachers.items()}
     by_dataset = {d: teacher_names(teachers, d) for d in sorted({e.get("dataset") for e in teachers.values()})}

@@ -21,18 +21,23 @@ from dataset import DataError, add_data_arguments, loaders_from_args
 import distiller_zoo.defaults
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
 from helper import distributed
-from helper.checkpoint import ResumeError
+from helper.checkpoint import ResumeError, load_for_resume
 from helper import spot_adaptive
 from helper.distill import StudentTask, build_terms, objective_losses, parse_distill, resolve_objective, run_init_stage
-from helper.loop import NonFiniteLoss, evaluate, fit
+from helper.loop import NonFiniteLoss, checkpoint_paths, evaluate, fit
 from helper.manifest import ManifestError, manifest_path, teacher_names
-from helper.options import (OneLineParser, model_options, add_optimization_arguments, add_run_arguments, configure_backend,
-                            fail, memory_format, trial_seed, validate_common)
+from helper.options import (OneLineParser, model_options, add_optimization_arguments, add_run_arguments,
+                            configure_backend, fail, memory_format, non_negative_float, non_negative_int,
+                            optional_label, positive_int, trial_seed, validate_common)
 from helper.schedule import build_optimizer
+from helper import runfolder
+from helper.runfolder import RunFolderError
 from helper.runlog import RunLogger, environment_info
 from helper.teachers import TeacherEnsemble
 from models import build_model, get_model_cfg, imagenet_model_dict, model_dict
-from models.checkpoint import CheckpointError, load_model
+from models.checkpoint import CheckpointError, load_model, read_state_dict
+
+PROG = "train_student.py"
 
 
 def build_parser():
@@ -53,11 +58,11 @@ def build_parser():
                    help="do not evaluate the teachers before training")
     g.add_argument("--fuse_teachers", action=argparse.BooleanOptionalAction, default=None,
                    help="run teachers of one architecture as one batched (vmap) forward (default: on for CUDA)")
-    g.add_argument("--student_img_size", type=int, default=None, metavar="N",
+    g.add_argument("--student_img_size", type=positive_int, default=None, metavar="N",
                    help="the student sees the training and test images resized to N px on the device, after the "
                         "crop and flip; the teachers keep the data set's size (default: the data set's size, "
                         "224 for the vision transformers, as tiny-transformers)")
-    g.add_argument("--tag", type=str, default="",
+    g.add_argument("--tag", type=optional_label, default="",
                    help="appended to the run folder name, for runs that differ only in flags the name does not show")
 
     g = parser.add_argument_group("distillation (CA-MKD / RepDistiller)")
@@ -69,17 +74,18 @@ def build_parser():
     g.add_argument("--ensemble_method", type=str, default=None, choices=sorted(ENSEMBLES),
                    help="how teachers are combined in terms without @STRATEGY (default: CAMKD with several "
                         "teachers, AVERAGE_LOSS with one)")
-    g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the classification loss (1)")
-    g.add_argument("-a", "--alpha", type=float, default=None, help="weight of logit terms given without one (1)")
-    g.add_argument("-b", "--beta", type=float, default=None,
+    g.add_argument("-r", "--gamma", type=non_negative_float, default=None, help="weight of the classification loss (1)")
+    g.add_argument("-a", "--alpha", type=non_negative_float, default=None,
+                   help="weight of logit terms given without one (1)")
+    g.add_argument("-b", "--beta", type=non_negative_float, default=None,
                    help="weight of feature terms given without one (default: the first one's usual weight)")
     g.add_argument("--distill_decay", action="store_true",
                    help="decay the logit terms linearly to 0 over the second half of training (CE weight "
                         "1 - decayed -a)")
-    g.add_argument("--beta_delay_epochs", type=int, default=1,
+    g.add_argument("--beta_delay_epochs", type=non_negative_int, default=1,
                    help="leave the feature terms out for this many first epochs (1, as CA-MKD; 0 as RepDistiller)")
     g.add_argument("--preact", action="store_true", help="use pre-activation features")
-    g.add_argument("--init_epochs", type=int, default=30,
+    g.add_argument("--init_epochs", type=non_negative_int, default=30,
                    help="epochs of connector pre-training for losses that have one (FT, AB, FSP; RepDistiller: 30)")
     distiller_zoo.defaults.add_arguments(parser)
     spot_adaptive.add_arguments(parser)
@@ -101,12 +107,22 @@ def resolve_loss_weights(args, log):
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    imagenet = args.dataset == "imagenet"
     if args.model_s not in model_dict and args.model_s not in imagenet_model_dict:
         fail(parser, f"--model_s {args.model_s!r} is not a zoo model; expected one of: {', '.join(sorted(model_dict))}")
-    imagenet = args.dataset == "imagenet"
+    table = imagenet_model_dict if imagenet else model_dict
+    if args.model_s not in table:
+        fail(parser, f"--model_s {args.model_s} is an {'CIFAR-sized' if imagenet else 'ImageNet'} model, and "
+                     f"--dataset {args.dataset} needs {'an ImageNet' if imagenet else 'a CIFAR-sized'} one: "
+                     f"{', '.join(sorted(table))}")
     validate_common(parser, args, default_lr=get_model_cfg(args.model_s, imagenet).default_lr)
     if args.teachers and args.path_t:
         fail(parser, "give teachers either by --teachers NAME or by --path_t PATH, not both")
+    for flag, items in (("--teachers", args.teachers or []),
+                        ("--path_t", [os.path.abspath(p) for p in args.path_t or []])):
+        twice = sorted({i for i in items if items.count(i) > 1})
+        if twice:
+            fail(parser, f"{flag} names {', '.join(twice)} more than once; each teacher counts once")
     given = len(args.teachers or args.path_t or [])
     if args.teacher_num is None:
         args.teacher_num = given or 1
@@ -126,13 +142,7 @@ def parse_args(argv=None):
         need = ENSEMBLES[method].min_teachers
         if args.teacher_num < need:
             fail(parser, f"{flag}{method} needs at least {need} teachers, got --teacher_num {args.teacher_num}")
-    if not all(ch.isalnum() or ch in "-_.=~" for ch in args.tag):
-        fail(parser, f"--tag {args.tag!r}: use letters, digits and - _ . = ~ only (it names a folder)")
-    if args.beta_delay_epochs < 0:
-        fail(parser, f"--beta_delay_epochs must be non-negative, got {args.beta_delay_epochs}")
     spot_adaptive.validate(parser, args)
-    if args.student_img_size is not None and args.student_img_size < 1:
-        fail(parser, f"--student_img_size must be a positive integer, got {args.student_img_size}")
     if args.spot_adaptive and (args.student_img_size is not None or get_model_cfg(args.model_s, imagenet).family == "vit"):
         fail(parser, "--spot_adaptive grafts student and teacher stages: it needs a CNN student at the teachers' image size")
     try:
@@ -165,41 +175,84 @@ def resolve_teachers(parser, args):
         fail(parser, str(exc))
 
 
-def run_name(args, teacher_archs):
-    """CA-MKD's student folder name, with '~' (CA-MKD's Windows separator) instead of ':'."""
+# flags that CA-MKD's fixed part of the name already shows
+NAME_PREFIX_FLAGS = ("model_s", "dataset", "distill", "gamma", "alpha", "beta", "trial", "teacher_num",
+                     "ensemble_method")
+
+
+def result_settings(args, teacher_archs, teacher_digests=()):
+    """Everything that changes this run's result (helper.runfolder.NOT_RESULT lists what does not):
+    the flags, and the teachers' architectures and checkpoint contents."""
+    return runfolder.result_settings(build_parser(), args, {"teacher_archs": list(teacher_archs),
+                                                             "teacher_digests": list(teacher_digests)})
+
+
+def run_name(args, teacher_archs, teacher_digests=()):
+    """CA-MKD's student folder name (``S~student_data_distill_r~.._a~.._b~.._trial`` and the
+    teachers), then every result flag not at its default, ``--tag``, and ``h`` + a hash of all result
+    settings (teachers' checkpoints included): runs that differ in anything never share a folder.
+    Folder-safe: ':' becomes '~' (CA-MKD's Windows separator)."""
     name = f"S~{args.model_s}_{args.dataset}_{args.distill}_r~{args.gamma}_a~{args.alpha}_b~{args.beta}_{args.trial}"
     arch_str = "_".join(sorted(set(teacher_archs)))
-    if args.teacher_num > 1:
-        name += f"_{args.teacher_num}_{arch_str}_{args.ensemble_method}"
-        if args.ensemble_method == "AEKD":
-            name += f"_{args.C}" + ("_svmnorm" if args.svm_norm else "")
-        elif args.ensemble_method == "EVIDENTIAL":
-            name += f"_{args.evidential_mode}" + ("_uncal" if args.evidential_calibrate == "none" else "")
-    else:
-        name += f"_{arch_str}"
-    if getattr(args, "logit_stand", False):
-        name += "_ls"
-    if getattr(args, "spot_adaptive", False):
-        name += f"_spot-{args.spot_mode}"
-    if args.tag:
-        name += f"_{args.tag}"
-    return name
+    name += f"_{args.teacher_num}_{arch_str}_{args.ensemble_method}" if args.teacher_num > 1 else f"_{arch_str}"
+    default_lr = get_model_cfg(args.model_s, args.dataset == "imagenet").default_lr
+    settings = result_settings(args, teacher_archs, teacher_digests)
+    parts = [runfolder.folder_safe(name)]
+    parts += runfolder.changed_flags(build_parser(), args, skip=NAME_PREFIX_FLAGS,
+                                     defaults={"learning_rate": default_lr})
+    parts += [args.tag] if args.tag else []
+    parts.append("h" + runfolder.config_hash(settings))
+    return runfolder.bounded("_".join(parts), settings)
+
+
+def error(message) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser, args = parse_args(argv)
     try:
         ctx = distributed.setup(args)
     except ValueError as exc:
         print(f"train_student.py: error: {exc}", file=sys.stderr)
         return 2
+    where = {}
     try:
-        return run(parser, args, ctx)
+        return run(parser, args, ctx, where)
+    except KeyboardInterrupt:
+        if ctx.is_main:
+            print(f"{PROG}: interrupted (Ctrl-C); " + runfolder.checkpoint_status(
+                where.get("run_dir"), args.model_s, PROG, argv, args.epochs), file=sys.stderr)
+        return 130
+    except OSError as exc:            # a read-only or full save folder, ...
+        print(f"{PROG}: error: {runfolder.disk_message(exc)}", file=sys.stderr)
+        return 1
     finally:
         distributed.cleanup(ctx)
 
 
-def run(parser, args, ctx):
+def check_teachers(args, teacher_specs, teacher_models, spec):
+    """The teachers' checkpoint digests; a one-line ValueError for the same checkpoint twice, a
+    teacher trained on another data set, or non-finite weights."""
+    digests = [runfolder.file_digest(path) for _, path, _ in teacher_specs]
+    for i, d in enumerate(digests):
+        if d in digests[:i]:
+            first = teacher_specs[digests.index(d)][0]
+            raise ValueError(f"teachers {first} and {teacher_specs[i][0]} are the same checkpoint "
+                             f"({teacher_specs[i][1]}); each teacher counts once")
+    for (name, path, _), model in zip(teacher_specs, teacher_models):
+        trained_on = read_state_dict(path)[1].get("dataset")
+        if trained_on is not None and str(trained_on) != spec.name:
+            raise ValueError(f"teacher {name} ({path}) was trained on {trained_on}, this run uses "
+                             f"--dataset {spec.name}")
+        if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+            raise ValueError(f"teacher {name} ({path}) holds non-finite (NaN/inf) weights")
+    return digests
+
+
+def run(parser, args, ctx, where):
     args.backend_mode = configure_backend(args)
     seed = trial_seed(args.seed, args.trial)
     torch.manual_seed(seed)
@@ -215,9 +268,9 @@ def run(parser, args, ctx):
         spec = loaders.spec
         teacher_models = [load_model(path, arch=arch, num_classes=spec.num_classes, imagenet=imagenet)
                           for _, path, arch in teacher_specs]
-    except (DataError, CheckpointError) as exc:
-        print(f"train_student.py: error: {exc}", file=sys.stderr)
-        return 2
+        digests = check_teachers(args, teacher_specs, teacher_models, spec)
+    except (DataError, CheckpointError, ValueError) as exc:
+        return error(exc)
     fmt = memory_format(args)
     teachers = TeacherEnsemble(teacher_models, [n for n, _, _ in teacher_specs],
                                fuse=args.fuse_teachers).to(args.device, memory_format=fmt)
@@ -229,15 +282,40 @@ def run(parser, args, ctx):
 
     weight_notes = []
     resolve_loss_weights(args, weight_notes.append)      # before naming: the folder name holds -r/-a/-b
-    run_dir = os.path.join(args.save_dir, "students", run_name(args, [m.arch for m in teacher_models]))
-    run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume, enabled=ctx.is_main)
+    archs = [m.arch for m in teacher_models]
+    settings = result_settings(args, archs, digests)
+    run_dir = os.path.join(args.save_dir, "students", run_name(args, archs, digests))
+    lock = None
+    try:          # read-only checks on every process (all refuse together), then rank 0 locks
+        if args.resume:           # before the folder is touched: a refused resume leaves nothing behind
+            runfolder.check_resume(parser, run_dir, settings, identity=("model_s", "dataset", "trial"))
+            load_for_resume(checkpoint_paths(run_dir, args.model_s)[0],
+                            expect={"arch": args.model_s, "num_classes": spec.num_classes})
+        else:
+            runfolder.check_free(run_dir, args.overwrite)
+        if ctx.is_main:
+            lock = runfolder.claim(run_dir, resume=args.resume, overwrite=args.overwrite,
+                                   log=None if args.quiet else print)
+    except (RunFolderError, ResumeError) as exc:
+        return error(exc)
+    where["run_dir"] = run_dir
     try:
-        return train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weight_notes)
+        run = RunLogger(run_dir, echo=not args.quiet, fresh=not args.resume, enabled=ctx.is_main)
+        try:
+            return train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weight_notes,
+                         dict(teacher_digests=digests, config_hash=runfolder.config_hash(settings)))
+        finally:
+            run.close()
     finally:
-        run.close()
+        if lock is not None:
+            lock.release()
 
 
-def train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weight_notes):
+NAN_CAUSES = ("a teacher whose outputs are not finite, a too small --kd_T, a NaN or huge loss weight "
+              "(-r/-a/-b), or a too high --learning_rate")
+
+
+def train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weight_notes, identity):
     spec, teacher_models = loaders.spec, teachers.models
     for note in weight_notes:
         run.info(note)
@@ -268,7 +346,7 @@ def train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weigh
             run.info(f"    teachers' ensemble (averaged probabilities): test acc {ev['ensemble_top1']:.2f}")
 
     run.write_config(dict(vars(args), seed_used=seed, teacher_paths=[p for _, p, _ in teacher_specs],
-                          teacher_archs=[m.arch for m in teacher_models], **teacher_report),
+                          teacher_archs=[m.arch for m in teacher_models], **identity, **teacher_report),
                      dict(environment_info(args.device), seed=seed, trial=args.trial))
     if args.spot_adaptive:
         try:
@@ -291,8 +369,13 @@ def train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weigh
             **({"img_size": student.input_resize} if student.input_resize is not None else {})}
     try:
         summary = fit(task, optimizer, loaders, args, run, meta, is_main=ctx.is_main, distributed=ctx.enabled)
-    except (NonFiniteLoss, ResumeError) as exc:
-        print(f"train_student.py: error: {exc}", file=sys.stderr)
+    except NonFiniteLoss as exc:
+        print(f"{PROG}: error: {exc}; " + runfolder.checkpoint_status(run.run_dir, args.model_s, PROG, [],
+                                                                  args.epochs, suggest_resume=False)
+              + f"; likely causes: {NAN_CAUSES}", file=sys.stderr)
+        return 1
+    except ResumeError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     run.info(f"==> student {args.model_s}: best test acc {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
              f"last {summary['last_acc']:.2f}" + (f"; teachers {', '.join(f'{a:.2f}' for a in teacher_report['teacher_acc'])}"

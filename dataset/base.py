@@ -73,6 +73,7 @@ class DataOptions:
     split_seed: int = 0
     num_workers: int = 8
     drop_last: bool = False
+    verify: bool = True
     url: Optional[str] = None
     md5: Optional[str] = None
 

@@ -37,6 +37,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="where data sets live / are downloaded to (default: %(default)s)")
     g.add_argument("--no-download", dest="download", action="store_false",
                    help="never download; a missing data set is an error")
+    g.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="CIFAR: accept files that are not the official ones (your own data in CIFAR's "
+                        "format); they are still read without running any code")
     g.add_argument("--synthetic_train", type=int, default=d.synthetic_train,
                    help="synthetic: training images (default: %(default)s)")
     g.add_argument("--synthetic_test", type=int, default=d.synthetic_test,

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .argtypes import positive_float
 from .base import Distiller, TeacherLoss, add_argument_once
 from .registry import register_distiller
 
@@ -141,7 +142,7 @@ class KD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--kd_T", type=float, default=4, help="KD temperature")
+        add_argument_once(parser, "--kd_T", type=positive_float, default=4, help="KD temperature")
         add_argument_once(parser, "--logit-stand", "--logit_stand", dest="logit_stand", action="store_true",
                           help="logit standardization (Sun et al. 2024) on every logit loss: per-sample "
                                "Z-score of teacher and student logits, temperature --base-temp; sets -a to "

@@ -3,31 +3,51 @@
 Checkpoints keep RepDistiller's format, ``{'model': state_dict, 'epoch', 'best_acc', 'optimizer',
 ...}``, plus what a bit-identical resume needs (the random state, the distillation modules).
 They are written to a temporary file in the same folder and renamed into place, so a crash
-mid-write leaves the previous checkpoint intact.
+mid-write leaves the previous checkpoint intact (a ``kill -9`` can leave the temporary file: the
+next start of that run removes it, see ``helper.runfolder``). Files get the permissions of any
+other file the user creates (0666 less the umask), not mkstemp's 0600.
 """
 from __future__ import annotations
 
 import os
-import tempfile
-from typing import Any, Dict
+import secrets
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 
-def atomic_save(obj: Dict[str, Any], path: str):
+def _write_atomically(path: str, write: Callable, prefix: str, suffix: str, binary: bool):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    while True:
+        tmp = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:   # mode 0666: the umask applies, as for any file the user's programs create
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException:            # a full disk, Ctrl-C: no partial temporary file is left
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
         raise
+
+
+def atomic_save(obj: Dict[str, Any], path: str):
+    """``torch.save`` into a temporary file beside ``path``, then rename it into place."""
+    _write_atomically(path, lambda f: torch.save(obj, f), ".tmp-", ".pth", binary=True)
+
+
+def atomic_write_text(path: str, text: str):
+    """Replace a text file (JSON) all at once: never a 0-byte or half-written file."""
+    _write_atomically(path, lambda f: f.write(text), "." + os.path.basename(path) + ".", ".tmp", binary=False)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -47,15 +67,34 @@ class ResumeError(ValueError):
     """A one-line explanation of why ``--resume`` cannot continue a run."""
 
 
-def load_for_resume(path: str) -> Dict[str, Any]:
+# what a checkpoint written by this code holds beyond RepDistiller's keys, and needs to resume
+RESUME_KEYS = ("model", "optimizer", "epoch", "best", "rng")
+
+
+def load_for_resume(path: str, expect: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The checkpoint to continue from; a one-line ``ResumeError`` when there is none, it is
+    unreadable, was written by another program (RepDistiller: no ``best``/``rng``), or belongs to
+    another run (``expect``: arch, num_classes, dataset... that must match its meta entries)."""
     if not os.path.isfile(path):
-        raise ResumeError(f"--resume: no checkpoint to continue from at {path}")
+        raise ResumeError(f"--resume: nothing to resume: no checkpoint at {path} (run without --resume "
+                          f"to start the run)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which, in one line
         raise ResumeError(f"--resume: cannot read {path}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(state, dict):
+        raise ResumeError(f"--resume: {path} holds a {type(state).__name__}, not a run checkpoint")
     for key in ("model", "optimizer", "epoch"):
         if key not in state:
             raise ResumeError(f"--resume: {path} has no {key!r} entry; it is not a run checkpoint")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise ResumeError(f"--resume: {path} has no {' or '.join(repr(k) for k in missing)} entry: it was "
+                          f"written by another program (RepDistiller?) and cannot be continued exactly; "
+                          f"start a new run (its weights can be a teacher via --path_t)")
+    for key, value in (expect or {}).items():
+        if key in state and str(state[key]) != str(value):
+            raise ResumeError(f"--resume: {path} is a checkpoint of {key} {state[key]!r}, this run has "
+                              f"{key} {value!r}")
     return state

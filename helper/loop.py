@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import atomic_save, load_for_resume, rng_state, set_rng_state
+from .checkpoint import ResumeError, atomic_save, load_for_resume, rng_state, set_rng_state
 from .meters import DeviceSums, topk_correct
 from .runlog import Progress, RunLogger
 from .schedule import lr_at, set_lr
@@ -221,7 +221,7 @@ def train_epoch(task: Task, optimizer, loader, epoch: int, args, scaler=None,
             bad_step = int(bad.item())
             if bad_step > 0:
                 raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {bad_step} of {steps}; "
-                                    f"stopping (the last checkpoint is kept)")
+                                    f"stopping")
         if reading and progress is not None:
             s = sums.read(across_ranks=distributed)
             progress.update(step, images_seen, {"loss": s["loss"] / s["n"], "top1": 100 * s["top1"] / s["n"]})
@@ -278,14 +278,18 @@ def fit(task: Task, optimizer, loaders, args, run: RunLogger, meta: Dict[str, An
     start_epoch = 1
 
     if args.resume:
-        state = load_for_resume(last_path)
-        task.model.load_state_dict(state["model"])
-        task.load_extra_state(state.get("extra", {}))
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        best.load(state["best"])
-        set_rng_state(state["rng"])
+        state = load_for_resume(last_path, expect={k: meta[k] for k in ("arch", "num_classes") if k in meta})
+        try:      # a checkpoint of another run layout: one line, not a traceback
+            task.model.load_state_dict(state["model"])
+            task.load_extra_state(state.get("extra", {}))
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
+            best.load(state["best"])
+            set_rng_state(state["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise ResumeError(f"--resume: {last_path} does not fit this run: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
         start_epoch = state["epoch"] + 1
         run.truncate_metrics(state["epoch"])
         run.info(f"resumed from {last_path} at epoch {state['epoch']}")

@@ -53,7 +53,21 @@ def read_manifest(path: str) -> Dict[str, dict]:
     if not isinstance(data, dict) or not isinstance(data.get("teachers", {}), dict):
         raise ManifestError(f"teacher manifest {path} is not in the expected format "
                             "({'teachers': {name: entry}})")
-    return data.get("teachers", {})
+    teachers = data.get("teachers", {})
+    for name, entry in teachers.items():
+        check_entry(name, entry, f"teacher manifest {path}")
+    return teachers
+
+
+def check_entry(name: str, entry, where: str):
+    """An entry is a dict whose ``path`` is a non-empty string; else a one-line ManifestError."""
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{where}: entry {name!r} is a {type(entry).__name__}, expected "
+                            f"{{'path': ..., 'model': ..., 'dataset': ...}}")
+    path = entry.get("path")
+    if not isinstance(path, str) or not path.strip():
+        got = "no 'path'" if "path" not in entry else f"'path' {path!r}"
+        raise ManifestError(f"{where}: entry {name!r} has {got}; expected the checkpoint's path as a string")
 
 
 def add_teacher(path: str, *, model: str, dataset: str, trial, checkpoint: str, best_acc: float,
@@ -66,14 +80,11 @@ def add_teacher(path: str, *, model: str, dataset: str, trial, checkpoint: str, 
              "path": os.path.relpath(os.path.abspath(checkpoint), folder),
              "best_acc": best_acc, "last_acc": last_acc, "num_classes": num_classes,
              "recorded": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})}
+    from .checkpoint import atomic_write_text
     with _locked(path):
         teachers = read_manifest(path)
         teachers[name] = entry
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"teachers": teachers}, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"teachers": teachers}, indent=2, sort_keys=True) + "\n")
     return name
 
 

@@ -25,25 +25,63 @@ def fail(parser: argparse.ArgumentParser, message: str):
     parser.error(message)
 
 
+# Numbers are validated by argparse ``type=`` functions defined on the ground floor (the losses'
+# flags use them too); labels and folders are the scripts' own.
+from distiller_zoo.argtypes import (finite_float, non_negative_float, non_negative_int,  # noqa: F401
+                                    positive_float, positive_int, unit_interval_float)
+
+
+LABEL_CHARS = "-_.=~"
+
+
+def is_label(text: str) -> bool:
+    """Letters, digits and - _ . = ~, not starting with '.' (so never '..' or a hidden name)."""
+    return bool(text) and not text.startswith(".") and all(ch.isalnum() or ch in LABEL_CHARS for ch in text)
+
+
+def label(text) -> str:
+    """A name that becomes part of a folder name (--trial, --tag): no '/', no '..', no spaces."""
+    text = str(text)
+    if not is_label(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits and {' '.join(LABEL_CHARS)} only, "
+                                         f"not starting with '.' (it names a folder)")
+    return text
+
+
+def optional_label(text) -> str:
+    """``label``, or empty (--tag's default)."""
+    return "" if text == "" else label(text)
+
+
+def folder_path(text) -> str:
+    """A folder that is, or can become, a directory: not empty, not an existing file."""
+    text = str(text)
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, expected a folder")
+    return text
+
+
 def add_optimization_arguments(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("optimisation (RepDistiller defaults)")
-    g.add_argument("--batch_size", type=int, default=64)
+    g.add_argument("--batch_size", type=positive_int, default=64)
     g.add_argument("--epochs", type=int, default=240)
-    g.add_argument("--learning_rate", type=float, default=None,
+    g.add_argument("--learning_rate", type=positive_float, default=None,
                    help="default 0.05, or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 (RepDistiller)")
     g.add_argument("--lr_decay_epochs", type=str, default="150,180,210",
                    help="epochs after which the learning rate is multiplied by --lr_decay_rate")
-    g.add_argument("--lr_decay_rate", type=float, default=0.1)
-    g.add_argument("--weight_decay", type=float, default=5e-4)
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--lr_decay_rate", type=positive_float, default=0.1)
+    g.add_argument("--weight_decay", type=non_negative_float, default=5e-4)
+    g.add_argument("--momentum", type=unit_interval_float, default=0.9)
     g.add_argument("--nesterov", action="store_true")
     g.add_argument("--cosine", action="store_true", help="cosine schedule instead of step decay")
     g.add_argument("--optimizer", type=str, default="sgd", choices=("sgd", "adamw"),
                    help="sgd (RepDistiller: every parameter decayed) or adamw (DeiT/tiny-transformers: "
                         "biases, norms, class tokens and position embeddings not decayed)")
-    g.add_argument("--warmup_epochs", type=int, default=0,
+    g.add_argument("--warmup_epochs", type=non_negative_int, default=0,
                    help="linear warm-up from 0.001 x the learning rate over this many first epochs")
-    g.add_argument("--min_lr", type=float, default=0.0, help="the cosine schedule's floor (--cosine)")
+    g.add_argument("--min_lr", type=non_negative_float, default=0.0, help="the cosine schedule's floor (--cosine)")
     g.add_argument("--drop_path", type=float, default=0.0,
                    help="stochastic depth rate of the (student) vision transformer, e.g. 0.1")
     g.add_argument("--train_view", type=str, default="standard",
@@ -53,16 +91,19 @@ def add_optimization_arguments(parser: argparse.ArgumentParser):
 
 def add_run_arguments(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("run")
-    g.add_argument("--trial", type=str, default="0", help="trial label; also selects the seed")
+    g.add_argument("--trial", type=label, default="0", help="trial label; also selects the seed")
     g.add_argument("--seed", type=int, default=0, help="base seed; a trial's seed is seed + trial")
     g.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (bf16 where supported, else fp16 with a scaler); default on for CUDA")
-    g.add_argument("--print_freq", "--print-freq", type=int, default=100, help="steps between progress lines")
-    g.add_argument("--save_freq", type=int, default=40, help="also keep ckpt_epoch_<n>.pth every n epochs")
-    g.add_argument("--save_dir", type=str, default="./save", help="root of run folders and the teacher manifest")
+    g.add_argument("--print_freq", "--print-freq", type=positive_int, default=100, help="steps between progress lines")
+    g.add_argument("--save_freq", type=positive_int, default=40, help="also keep ckpt_epoch_<n>.pth every n epochs")
+    g.add_argument("--save_dir", type=folder_path, default="./save", help="root of run folders and the teacher manifest")
     g.add_argument("--resume", action="store_true",
-                   help="continue the run in its folder from <model>_last.pth")
+                   help="continue the run in its folder from <model>_last.pth (the result-changing flags "
+                        "must equal the saved ones; see the README)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a finished or interrupted run in the same folder (its files are deleted)")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (reproducible on GPU, slower)")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
@@ -125,16 +166,12 @@ def validate_common(parser, args, default_lr: float):
         fail(parser, f"--batch_size must be a positive integer, got {args.batch_size}")
     if args.learning_rate is None:
         args.learning_rate = default_lr
-    if not args.learning_rate > 0:
-        fail(parser, f"--learning_rate must be positive, got {args.learning_rate}")
-    if args.weight_decay < 0 or args.momentum < 0:
-        fail(parser, "--weight_decay and --momentum must be non-negative")
-    if args.warmup_epochs < 0 or args.min_lr < 0 or args.min_lr >= args.learning_rate:
-        fail(parser, "--warmup_epochs and --min_lr must be non-negative, and --min_lr below --learning_rate")
+    if args.resume and args.overwrite:
+        fail(parser, "--resume continues a run and --overwrite replaces it: give one of them")
+    if args.min_lr >= args.learning_rate:
+        fail(parser, f"--min_lr must be below --learning_rate, got {args.min_lr} >= {args.learning_rate}")
     if not 0 <= args.drop_path < 1:
         fail(parser, f"--drop_path must lie in [0, 1), got {args.drop_path}")
-    if args.print_freq < 1 or args.save_freq < 1:
-        fail(parser, "--print_freq and --save_freq must be positive integers")
     args.lr_decay_epochs = parse_decay_epochs(parser, args.lr_decay_epochs)
     args.device = str(resolve_device(parser, args.device))
     if args.amp is None:

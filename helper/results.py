@@ -15,12 +15,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
-# Flags that identify a trial or a place, not a configuration.
-NOT_CONFIG = {
-    "trial", "trials", "trial_list", "seed", "seed_used", "save_dir", "data_folder", "print_freq", "save_freq",
-    "resume", "quiet", "command", "device", "teacher_paths", "teacher_acc", "ensemble_acc", "teacher_names",
-    "num_workers", "download", "skip_validation", "compile", "deterministic", "teachers", "backend_mode",
+from .runfolder import NOT_RESULT
+
+# Flags that identify a trial or a place, not a configuration: those that do not change a result
+# (helper.runfolder's one list) and those that tell trials of one configuration apart. ``epochs``
+# does change what a finished run reports, so runs of different lengths are never averaged, and a
+# --tag marks runs the user wants kept apart.
+NOT_CONFIG = (NOT_RESULT - {"epochs", "tag"}) | {
+    "trial", "seed", "seed_used", "teacher_digests", "config_hash",
 }
+
+
+class CorruptRunFile(ValueError):
+    """A run file that is not valid JSON (or JSON lines): the run is skipped, the file named."""
 
 
 @dataclass
@@ -43,24 +50,54 @@ class Run:
 
 
 def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptRunFile(f"{path}: {exc}") from None
+    if not isinstance(value, dict):
+        raise CorruptRunFile(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
-def find_runs(root: str) -> List[Run]:
-    """Every run folder under ``root`` (a folder with args.json), sorted by path."""
+def _read_metrics(path):
+    """One JSON object per line; a last line cut short by a kill is ignored (that epoch was not
+    finished), a bad line anywhere else makes the file corrupt."""
+    try:
+        with open(path) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptRunFile(f"{path}: {exc}") from None
+    records = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "epoch" not in record:
+                raise ValueError("not an epoch record")
+        except ValueError as exc:
+            if n == len(lines):
+                break
+            raise CorruptRunFile(f"{path} line {n}: {exc}") from None
+        records.append(record)
+    return records
+
+
+def find_runs(root: str, on_skip=None) -> List[Run]:
+    """Every run folder under ``root`` (a folder with args.json), sorted by path. A run with a
+    corrupt file is skipped: ``on_skip(folder, reason)`` hears about it (one line naming the file)."""
     if not os.path.isdir(root):
         raise ValueError(f"{root} is not a folder of runs")
     runs = []
     for folder, _, files in os.walk(root):
         if "args.json" not in files:
             continue
-        metrics = []
-        if "metrics.jsonl" in files:
-            with open(os.path.join(folder, "metrics.jsonl")) as f:
-                metrics = [json.loads(line) for line in f if line.strip()]
-        summary = _read_json(os.path.join(folder, "summary.json")) if "summary.json" in files else None
-        runs.append(Run(folder, _read_json(os.path.join(folder, "args.json")), metrics, summary))
+        try:
+            metrics = _read_metrics(os.path.join(folder, "metrics.jsonl")) if "metrics.jsonl" in files else []
+            summary = _read_json(os.path.join(folder, "summary.json")) if "summary.json" in files else None
+            runs.append(Run(folder, _read_json(os.path.join(folder, "args.json")), metrics, summary))
+        except CorruptRunFile as exc:
+            if on_skip is not None:
+                on_skip(folder, str(exc))
     return sorted(runs, key=lambda r: r.path)
 
 

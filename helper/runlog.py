@@ -34,11 +34,9 @@ def to_jsonable(value):
 
 
 def write_json(path: str, obj: Any):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Atomically: a full disk or Ctrl-C leaves the old file (or none), never a 0-byte one."""
+    from .checkpoint import atomic_write_text
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 def git_commit() -> Optional[str]:
@@ -83,6 +81,7 @@ class RunLogger:
         self.run_dir = run_dir
         self.enabled = enabled
         self.echo = echo
+        self.fresh = fresh
         self._tb = None
         if enabled:
             os.makedirs(run_dir, exist_ok=True)
@@ -103,9 +102,15 @@ class RunLogger:
             f.write(message + "\n")
 
     def write_config(self, args: Dict[str, Any], extra: Dict[str, Any]):
+        """args.json (the resolved flags: a resume may only have changed those that do not change
+        the result) and run_info.json, which keeps the first start and a history of every start."""
         if self.enabled:
+            from .runfolder import record_start
             write_json(os.path.join(self.run_dir, "args.json"), args)
-            write_json(os.path.join(self.run_dir, "run_info.json"), extra)
+            info = dict(extra, history=[{k: extra[k] for k in ("command", "started", "git_commit", "device")
+                                         if extra.get(k) is not None}]) \
+                if self.fresh else record_start(self.run_dir, extra)
+            write_json(os.path.join(self.run_dir, "run_info.json"), info)
 
     def log_epoch(self, record: Dict[str, Any]):
         if not self.enabled:
@@ -124,10 +129,16 @@ class RunLogger:
         path = os.path.join(self.run_dir, "metrics.jsonl")
         if not (self.enabled and os.path.exists(path)):
             return
+        kept = []
         with open(path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= last_epoch]
-        with open(path, "w") as f:
-            f.writelines(kept)
+            for line in f:
+                try:   # a line cut short by a kill is dropped: its epoch is redone
+                    if json.loads(line)["epoch"] <= last_epoch:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    continue
+        from .checkpoint import atomic_write_text
+        atomic_write_text(path, "".join(kept))
 
     def write_summary(self, summary: Dict[str, Any]):
         if self.enabled:

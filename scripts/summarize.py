@@ -30,8 +30,10 @@ def main(argv=None):
     parser.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
     parser.add_argument("--plot", default=None, metavar="DIR", help="write training-curve PNGs here (matplotlib)")
     args = parser.parse_args(argv)
+    def skipped(folder, reason):
+        print(f"summarize.py: warning: skipping the run in {folder}: corrupt file {reason}", file=sys.stderr)
     try:
-        runs = find_runs(args.root)
+        runs = find_runs(args.root, on_skip=skipped)
     except ValueError as exc:
         parser.error(str(exc))
     if not runs:
@@ -43,8 +45,11 @@ def main(argv=None):
             print(f"\n## {kind.capitalize()}s\n")
         print(markdown(header, rows))
     if args.csv:
-        with open(args.csv, "w") as f:
-            f.write(combined_csv(tabs))
+        try:
+            with open(args.csv, "w") as f:
+                f.write(combined_csv(tabs))
+        except OSError as exc:
+            parser.error(f"--csv {args.csv}: {exc.strerror or exc}")
         print(f"wrote {args.csv}")
     if args.plot:
         try:

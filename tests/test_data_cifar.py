@@ -91,7 +91,7 @@ def listing(folder: Path):
 # -- reading --------------------------------------------------------------------------------------
 def test_read_cifar100_official_format(tmp_path):
     written = write_cifar100(tmp_path)
-    data = load_cifar("cifar100", str(tmp_path), download=False)
+    data = load_cifar("cifar100", str(tmp_path), download=False, verify=False)
     assert data.train_images.dtype == torch.uint8 and data.train_images.shape == (12, 3, 32, 32)
     assert data.train_labels.dtype == torch.int64 and data.test_images.shape == (6, 3, 32, 32)
     raw, fine = written["train"]
@@ -106,7 +106,7 @@ def test_read_cifar100_official_format(tmp_path):
 
 def test_read_cifar10_official_format(tmp_path):
     written = write_cifar10(tmp_path)
-    data = load_cifar("cifar10", str(tmp_path), download=False)
+    data = load_cifar("cifar10", str(tmp_path), download=False, verify=False)
     assert data.train_images.shape == (15, 3, 32, 32) and data.test_images.shape == (4, 3, 32, 32)
     raws = np.concatenate([d for d, _ in written["train"]])
     assert np.array_equal(data.train_images.numpy().reshape(15, 3072), raws)
@@ -116,7 +116,7 @@ def test_read_cifar10_official_format(tmp_path):
 
 def test_cifar_loaders_through_the_registry(tmp_path):
     write_cifar100(tmp_path, n_train=20, n_test=7)
-    loaders = build_loaders("cifar100", data_folder=str(tmp_path), download=False, batch_size=8,
+    loaders = build_loaders("cifar100", data_folder=str(tmp_path), download=False, verify=False, batch_size=8,
                             device="cpu", seed=0)
     assert len(loaders.train) == 3 and len(loaders.test) == 1
     x, y = next(iter(loaders.test))
@@ -128,7 +128,7 @@ def test_corrupt_pickle_is_a_one_line_error(tmp_path):
     write_cifar100(tmp_path)
     (tmp_path / "cifar-100-python" / "train").write_bytes(b"\x80\x02not a pickle at all")
     with pytest.raises(DataError, match=r"corrupt CIFAR file .*train") as e:
-        load_cifar("cifar100", str(tmp_path), download=False)
+        load_cifar("cifar100", str(tmp_path), download=False, verify=False)
     assert "\n" not in str(e.value)
 
 
@@ -137,7 +137,7 @@ def test_wrong_pickle_content_is_an_error(tmp_path):
     _dump(tmp_path / "cifar-10-batches-py" / "data_batch_3", {b"data": np.zeros((2, 10), np.uint8),
                                                               b"labels": [0, 1]})
     with pytest.raises(DataError, match=r"data_batch_3.*uint8 \[N, 3072\]"):
-        load_cifar("cifar10", str(tmp_path), download=False)
+        load_cifar("cifar10", str(tmp_path), download=False, verify=False)
 
 
 def test_folder_that_lacks_files_is_an_error_even_with_download(tmp_path):
@@ -308,3 +308,91 @@ def test_unreachable_server_is_a_network_error(tmp_path):
 def test_registry_builds_cifar_specs_without_files():
     assert dataset.get_spec("cifar100").num_classes == 100
     assert dataset.get_spec("cifar10").num_train == 50000
+
+
+# -- reading never runs code (issue 17, class 1) ----------------------------------------------------
+class _Payload:
+    """Unpickling this runs ``func(*args)``: what a booby-trapped data file does."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _trap(marker: Path):
+    """Pickled payloads that would create ``marker`` if the unpickler ran them."""
+    import builtins
+    return [
+        _Payload(os.system, f"touch {marker}"),
+        _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+        _Payload(builtins.eval, f"open({str(marker)!r}, 'w')"),
+        _Payload(Path.touch, marker),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_booby_trapped_train_file_is_refused_and_never_runs(tmp_path, case, protocol):
+    write_cifar100(tmp_path)
+    marker = tmp_path / "pwned"
+    payload = _trap(marker)[case]
+    with open(tmp_path / "cifar-100-python" / "train", "wb") as f:   # inside an otherwise valid dict
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [0], b"x": payload}, f,
+                    protocol=protocol)
+    for verify in (False, True):        # refused with --no-verify too (and before, by the checksum)
+        with pytest.raises(DataError, match=r"cifar-100-python/train") as e:
+            load_cifar("cifar100", str(tmp_path), download=False, verify=verify)
+        assert "\n" not in str(e.value)
+        assert not marker.exists()
+
+
+def test_booby_trapped_meta_and_cifar10_batches_are_refused(tmp_path):
+    write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    _dump(tmp_path / "cifar-10-batches-py" / "batches.meta", {b"label_names": _trap(marker)[0]})
+    with pytest.raises(DataError, match=r"batches.meta .*os|batches.meta .*posix|batches.meta .*system"):
+        load_cifar("cifar10", str(tmp_path), download=False, verify=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_arrays_of_every_pickle_protocol_still_load(tmp_path, protocol):
+    """The allowed globals cover numpy's array pickles of every protocol (and Python 2's bytes)."""
+    write_cifar100(tmp_path)
+    data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    with open(tmp_path / "cifar-100-python" / "train", "wb") as f:
+        pickle.dump({b"data": data, b"fine_labels": [4, 7]}, f, protocol=protocol)
+    got = load_cifar("cifar100", str(tmp_path), download=False, verify=False)
+    assert np.array_equal(got.train_images.numpy().reshape(2, 3072), data)
+    assert got.train_labels.tolist() == [4, 7]
+
+
+def test_files_that_are_not_the_official_ones_need_no_verify(tmp_path, monkeypatch, capsys):
+    write_cifar100(tmp_path)
+    with pytest.raises(DataError, match=r"cifar-100-python/train is not the official CIFAR-100 file .*--no-verify") as e:
+        load_cifar("cifar100", str(tmp_path), download=False)
+    assert "\n" not in str(e.value)
+    # files whose MD5 is the official one pass the check (here: the official list made to match)
+    from dataset import cifar
+    folder = tmp_path / "cifar-100-python"
+    monkeypatch.setitem(cifar.OFFICIAL_FILE_MD5, "cifar100",
+                        {f: cifar.file_md5(folder / f) for f in ("train", "test", "meta")})
+    assert load_cifar("cifar100", str(tmp_path), download=False).train_images.shape[0] == 12
+    (folder / "meta").write_bytes((folder / "meta").read_bytes() + b"\0")   # one changed byte
+    with pytest.raises(DataError, match=r"meta is not the official"):
+        load_cifar("cifar100", str(tmp_path), download=False)
+
+
+def test_no_verify_flag_reaches_the_loader(tmp_path):
+    """--no-verify on the command line is what lets a user's own CIFAR-format data load."""
+    import argparse
+    from dataset import add_data_arguments, loaders_from_args
+    write_cifar10(tmp_path)
+    parser = add_data_arguments(argparse.ArgumentParser())
+    strict = parser.parse_args(["--dataset", "cifar10", "--data_folder", str(tmp_path), "--no-download"])
+    with pytest.raises(DataError, match="--no-verify"):
+        loaders_from_args(strict, batch_size=4, device="cpu", seed=0)
+    own = parser.parse_args(["--dataset", "cifar10", "--data_folder", str(tmp_path), "--no-download", "--no-verify"])
+    assert loaders_from_args(own, batch_size=4, device="cpu", seed=0).spec.num_train == 15

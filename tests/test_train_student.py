@@ -26,7 +26,7 @@ def test_each_strategy_trains_a_student_far_above_chance(student_save_dir, metho
     with open(os.path.join(run_dir, "args.json")) as f:
         args = json.load(f)
     assert len(args["teacher_acc"]) == 3 and args["ensemble_acc"] > 50.0
-    assert os.path.basename(run_dir).endswith(f"_3_resnet8_{method}" + ("_0.6" if method == "AEKD" else ""))
+    assert f"_3_resnet8_{method}_h" in os.path.basename(run_dir)
     if method != "AVERAGE_LOSS":                                # weights are logged per teacher
         shares = [metrics[-1][f"weight_kd_t{m}"] for m in range(3)]
         assert len({round(v, 6) for v in shares}) > 1          # the strategy told the teachers apart
@@ -40,7 +40,9 @@ def test_single_teacher_is_plain_distillation(student_save_dir):
     with open(os.path.join(run_dir, "args.json")) as f:
         args = json.load(f)
     assert args["teacher_num"] == 1 and args["ensemble_method"] == "AVERAGE_LOSS"
-    assert os.path.basename(run_dir) == "S~resnet8_digits_kd_r~1.0_a~1.0_b~0.0_0_resnet8"
+    name = os.path.basename(run_dir)           # CA-MKD's name, the flags not at their default, the hash
+    assert name.startswith("S~resnet8_digits_kd_r~1.0_a~1.0_b~0.0_0_resnet8_batch_size~128_h"), name
+    assert args["config_hash"] == name[-8:] and len(args["teacher_digests"]) == 1
     assert args["objective"] == "1*CE + 1*kd [AVERAGE_LOSS]"
 
 
@@ -101,7 +103,7 @@ def one_line_error(capsys):
     (["--teacher_num", "0"], "--teacher_num must be at least 1"),
     (["--teachers", "a", "--path_t", "b"], "not both"),
     (["--model_s", "resnet9000"], "--model_s 'resnet9000'"),
-    (["--tag", "a/b"], "--tag 'a/b'"),
+    (["--tag", "a/b"], "--tag: 'a/b'"),
 ])
 def test_bad_flags(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -143,14 +145,19 @@ def test_teacher_checkpoint_of_unknown_architecture(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, suffix", [
     (["--teacher_num", "3", "--ensemble_method", "CAMKD"], "_3_resnet8_CAMKD"),
-    (["--teacher_num", "3", "--ensemble_method", "AEKD", "--svm_norm"], "_3_resnet8_AEKD_0.6_svmnorm"),
-    (["--teacher_num", "3", "--ensemble_method", "EVIDENTIAL"], "_3_resnet8_EVIDENTIAL_pool"),
+    (["--teacher_num", "3", "--ensemble_method", "AEKD", "--svm_norm"], "_3_resnet8_AEKD_svm_norm"),
+    (["--teacher_num", "3", "--ensemble_method", "AEKD", "-C", "0.9"], "_3_resnet8_AEKD_C~0.9"),
+    (["--teacher_num", "3", "--ensemble_method", "EVIDENTIAL"], "_3_resnet8_EVIDENTIAL"),
     (["--teacher_num", "3", "--ensemble_method", "EVIDENTIAL", "--evidential_mode", "weight",
-      "--evidential_calibrate", "none", "--tag", "lr-sweep_1"], "_3_resnet8_EVIDENTIAL_weight_uncal_lr-sweep_1"),
-    (["--logit-stand", "--tag", "x"], "_resnet8_ls_x"),
+      "--evidential_calibrate", "none", "--tag", "lr-sweep_1"],
+     "_3_resnet8_EVIDENTIAL_evidential_mode~weight_evidential_calibrate~none_lr-sweep_1"),
+    (["--logit-stand", "--tag", "x"], "_resnet8_logit_stand_x"),
 ])
 def test_run_name_shows_the_flags_that_tell_runs_apart(argv, suffix):
+    """CA-MKD's prefix, the result flags not at their default (read from the parser, no method
+    names in the code), --tag, then the configuration hash."""
     _, args = train_student.parse_args(["--dataset", "digits"] + argv)
     train_student.resolve_loss_weights(args, lambda note: None)
     name = train_student.run_name(args, ["resnet8"] * args.teacher_num)
-    assert name.startswith("S~resnet8_digits_kd_") and name.endswith(suffix), name
+    assert name.startswith("S~resnet8_digits_kd_") and name[:-10].endswith(suffix), name
+    assert name[-10:-8] == "_h" and all(c in "0123456789abcdef" for c in name[-8:])

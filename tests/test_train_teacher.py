@@ -52,9 +52,15 @@ def test_run_folder_uses_repdistiller_naming(digits_teachers):
     assert ckpt["epoch"] == TEACHER_EPOCHS and ckpt["arch"] == "resnet8"
 
 
+def _run_dir(save_dir):
+    """The single teacher run folder (its name also shows the flags not at their default)."""
+    (name,) = os.listdir(os.path.join(save_dir, "teachers"))
+    assert name.startswith("resnet8_digits_lr_0.05_decay_0.0005_trial_0"), name
+    return os.path.join(save_dir, "teachers", name)
+
+
 def _final_state(save_dir):
-    path = os.path.join(save_dir, "teachers", "resnet8_digits_lr_0.05_decay_0.0005_trial_0", "resnet8_last.pth")
-    return torch.load(path, weights_only=True)
+    return torch.load(os.path.join(_run_dir(save_dir), "resnet8_last.pth"), weights_only=True)
 
 
 def test_resume_gives_bit_identical_weights(tmp_path):
@@ -71,8 +77,7 @@ def test_resume_gives_bit_identical_weights(tmp_path):
     assert sb["epoch"] == 3
     for key, value in sa["model"].items():
         assert torch.equal(value, sb["model"][key]), key
-    ma = read_metrics(os.path.dirname(manifest_path(a)) + "/teachers/resnet8_digits_lr_0.05_decay_0.0005_trial_0")
-    mb = read_metrics(os.path.dirname(manifest_path(b)) + "/teachers/resnet8_digits_lr_0.05_decay_0.0005_trial_0")
+    ma, mb = read_metrics(_run_dir(a)), read_metrics(_run_dir(b))
     assert [r["epoch"] for r in mb] == [1, 2, 3]
     assert [r["test_acc"] for r in ma] == [r["test_acc"] for r in mb]
 
