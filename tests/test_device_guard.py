@@ -251,3 +251,20 @@ def test_cuda_only_data_tests_run_on_the_pretend_device(module, test):
     fn = getattr(importlib.import_module(module), test)
     with PretendCuda():
         fn()
+
+
+# -- fused teachers under the CUDA defaults (channels_last) ---------------------------------------
+def test_fused_channels_last_teachers_have_no_batching_fallback():
+    """Issue 21, item 5: vmap over channels_last maps fell back to a per-teacher loop for
+    adaptive_avg_pool2d (a warning about aten::as_strided_); the fused path now runs without one
+    and equals the separate forwards."""
+    import warnings
+    teachers = TeacherEnsemble([model_dict["resnet8"](num_classes=CLASSES) for _ in range(2)], ["a", "b"],
+                               fuse=True).to("cpu", memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fused = teachers.outputs(x)
+    assert not [w for w in caught if "batching rule" in str(w.message)]
+    for out, model in zip(fused, teachers.models):
+        torch.testing.assert_close(out.logits, model(x), rtol=1e-5, atol=1e-5)
