@@ -138,12 +138,13 @@ class PretendCuda(TorchFunctionMode):
         if generator is not None and op_on_cuda and generator.device.type != "cuda":
             raise DeviceMismatch(f"{name}: a CPU torch.Generator drives an op on the CUDA device")
 
+        source = _where(args[0]) if args and isinstance(args[0], Tensor) else None
         out = func(*args, **kwargs)
-        if name in ("to", "cuda") and out is (args[0] if args else None) and target is not None:
-            # x.to(same device) returns x itself: on a GPU x.to("cuda") of a CPU tensor is a copy
+        moved = target is not None and source is not None and source != ("cuda" if target.type == "cuda" else "cpu")
+        if name in ("to", "cuda") and moved and out is args[0] and not isinstance(out, torch.nn.Parameter):
+            # here x.to(...) returns x itself (the data stays on the CPU); on a GPU, moving a tensor
+            # to the other device is a copy. (A Parameter moved by Module.to() stays itself.)
             out = out.clone()
-            if isinstance(args[0], torch.nn.Parameter):
-                out = args[0]          # Module.to(): the parameter itself moves
         if target is not None:
             where = "cuda" if target.type == "cuda" else "cpu"
         elif places:
