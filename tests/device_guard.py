@@ -16,7 +16,11 @@ autograd are real. The rules are CUDA's:
   copy); the project's rule is to make every tensor on the device of the data it joins, so that
   is an error here too. ``copy_``/``to`` (explicit moves) and index tensors are exempt;
 - ``.numpy()`` of a pretend-CUDA tensor, or a CPU ``torch.Generator`` driving a CUDA op, raise
-  as they would on a GPU.
+  as they would on a GPU;
+- under ``torch.use_deterministic_algorithms(True)`` (``--deterministic``), an op whose CUDA
+  backward has no deterministic version (``NONDETERMINISTIC_CUDA_BACKWARD``, from the list in
+  ``torch.use_deterministic_algorithms``' documentation) raises when it is applied to a CUDA
+  tensor that needs a gradient (CUDA raises in the backward pass).
 
 Tensors that reach Python without passing through the mode (gradients made by autograd's engine,
 the outputs of ``torch.func.vmap``, tensors made before the mode was entered) count as CUDA
@@ -77,6 +81,10 @@ def _name(func) -> str:
     return name or repr(func)
 
 
+NONDETERMINISTIC_CUDA_BACKWARD = {"adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d",
+                                  "avg_pool3d", "fractional_max_pool2d", "fractional_max_pool3d",
+                                  "max_unpool1d", "max_unpool2d", "max_unpool3d", "embedding_bag",
+                                  "ctc_loss", "nll_loss2d", "grid_sample"}
 EXPLICIT_MOVES = {"to", "copy_", "cpu", "cuda", "set_", "data"}
 PROPERTY_READS = {"device", "is_cuda", "is_cpu"}
 
@@ -109,6 +117,14 @@ class PretendCuda(TorchFunctionMode):
                                  f"(shape, place): {shapes}")
         if name == "numpy" and "cuda" in places:
             raise DeviceMismatch("numpy() of a CUDA tensor (call .cpu() first)")
+
+        if ("cuda" in places and torch.are_deterministic_algorithms_enabled() and torch.is_grad_enabled()
+                and (name in NONDETERMINISTIC_CUDA_BACKWARD
+                     or (name == "interpolate" and kwargs.get("mode", args[3] if len(args) > 3 else "nearest")
+                         in ("linear", "bilinear", "bicubic", "trilinear")))
+                and any(t.requires_grad for t in tensors)):
+            raise DeviceMismatch(f"{name}: its CUDA backward has no deterministic implementation "
+                                 f"(--deterministic stops here on a GPU)")
 
         # explicit devices: remember what was asked for, run on the CPU
         target = None

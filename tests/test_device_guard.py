@@ -268,3 +268,34 @@ def test_fused_channels_last_teachers_have_no_batching_fallback():
     assert not [w for w in caught if "batching rule" in str(w.message)]
     for out, model in zip(fused, teachers.models):
         torch.testing.assert_close(out.logits, model(x), rtol=1e-5, atol=1e-5)
+
+
+# -- --deterministic on CUDA --------------------------------------------------------------------------
+@pytest.fixture
+def deterministic():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def test_the_guard_knows_cuda_ops_without_a_deterministic_backward(deterministic):
+    with PretendCuda():
+        x = torch.randn(2, 3, 8, 8).to("cuda").requires_grad_()
+        with pytest.raises(DeviceMismatch, match="adaptive_avg_pool2d"):
+            torch.nn.functional.adaptive_avg_pool2d(x, 1)
+        with torch.no_grad():
+            torch.nn.functional.adaptive_avg_pool2d(x, 1)      # no backward, no error
+
+
+@pytest.mark.parametrize("arch", sorted(model_dict))
+def test_every_model_trains_under_deterministic_on_cuda(arch, deterministic):
+    """--deterministic on a GPU: adaptive_avg_pool2d's CUDA backward has no deterministic version,
+    so global pooling by it stopped every run; the models pool with a mean."""
+    with PretendCuda():
+        model = model_dict[arch](num_classes=CLASSES).to("cuda")
+        size = getattr(model, "input_size", 32)
+        x = torch.randn(2, 3, size, size).to("cuda")
+        feats, logits = model(x, is_feat=True)
+        logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
