@@ -193,7 +193,8 @@ def test_evidential_teacher_loss_runs_on_the_device():
 
 # -- every distiller, every strategy, routing ----------------------------------------------------
 @pytest.mark.parametrize("distill", one_per_class(DISTILLERS))
-def test_every_distiller_trains_on_the_device(distill):
+def test_every_distiller_trains_on_the_device(distill, deterministic):
+    """Under --deterministic too (a supported GPU path): no op whose CUDA backward would stop it."""
     train_student_on_pretend_cuda(distill, "CAMKD")
 
 
@@ -299,3 +300,18 @@ def test_every_model_trains_under_deterministic_on_cuda(arch, deterministic):
         feats, logits = model(x, is_feat=True)
         logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("size, out", [((8, 8), (4, 4)), ((8, 8), (1, 1)), ((8, 6), (2, 3)), ((7, 7), (3, 3))])
+def test_average_pool_to_is_adaptive_average_pooling(size, out):
+    """connectors.average_pool_to: adaptive_avg_pool2d's values and gradients (avg_pool2d where the
+    sizes divide, for a deterministic CUDA backward)."""
+    from distiller_zoo.connectors import average_pool_to
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 3, *out, dtype=torch.float64)
+    ours = average_pool_to(x, out)
+    (g_ours,) = torch.autograd.grad((ours * y).sum(), x)
+    ref = torch.nn.functional.adaptive_avg_pool2d(x, out)
+    (g_ref,) = torch.autograd.grad((ref * y).sum(), x)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
