@@ -1,10 +1,29 @@
 """Batched augmentations for device-resident data: ``fn(images, generator) -> float in [0, 1]``.
 
 ``images`` is a uint8 batch ``[B, C, H, W]`` on the training device; ``generator`` is the loader's
-per-epoch ``torch.Generator`` (on the CPU: the few per-sample random parameters are drawn there and
-moved to the device, so a seed gives the same crops on CPU and CUDA). The function returns
-float32 in [0, 1]; the loader then normalises with the data set's mean/std. Adding a view (e.g.
-MLKD's 'strong') is one ``@register_augmentation('name')`` function in this file or anywhere else.
+per-epoch ``torch.Generator``. The function returns float32 in [0, 1]; the loader then normalises
+with the data set's mean/std. Adding a view (e.g. MLKD's 'strong') is one
+``@register_augmentation('name')`` function in this file or anywhere else.
+
+What "the same on CPU and CUDA" means (the promise every view here keeps, and the CUDA tests
+check): for the same uint8 images and the same seed, a view returns *bit-identical* float32
+images on any device. It is kept by construction:
+
+1. Every random draw is made on the CPU, from the loader's CPU generator, in a documented order
+   that does not depend on the images' device (``crop_flip_params``, ``strong_params``; a test
+   checks that augmenting CPU and ``meta`` images consumes the generator identically). Anything
+   computed from the draws alone with floating-point library functions (the rotation's sine and
+   cosine, the fixed-point affine coefficients) is computed there too, so CUDA's ``sin``/``cos``,
+   which may differ from the CPU's in the last bit, never decide a pixel.
+2. On the device the images only meet integer arithmetic, gathers, comparisons, and single
+   IEEE float operations (one rounding each, the same on every device: no reductions whose
+   summation order could differ, no fused multiply-adds, no division by a scalar, which CUDA turns
+   into a multiplication by its reciprocal).
+3. uint8 -> [0, 1] is a lookup in a 256-entry table made on the CPU (``x / 255`` there), not a
+   division on the device.
+
+The loader's normalisation ``(x - mean) / std`` divides by a device tensor (one correctly rounded
+IEEE division), so its output is the same on every device too.
 
 'standard' is RepDistiller's CIFAR training augmentation, ``RandomCrop(32, padding=4)`` followed
 by ``RandomHorizontalFlip()``, done for the whole batch with one gather instead of a per-image
@@ -51,8 +70,11 @@ def get_augmentation(name: str) -> AugmentFn:
 
 
 def to_unit(images: Tensor) -> Tensor:
-    """uint8 -> float32 in [0, 1] (``x / 255``, as ``ToTensor`` does)."""
-    return images.to(torch.float32).div_(255)
+    """uint8 -> float32 in [0, 1] (``x / 255``, as ``ToTensor`` does), by a lookup in a table made
+    on the CPU: CUDA divides by a scalar as a multiplication by ``1/255``, which is not always the
+    correctly rounded quotient, so a division on the device could differ from the CPU in the last bit."""
+    table = (torch.arange(256, dtype=torch.float32) / 255).to(images.device)
+    return table[images.long()]
 
 
 def crop_flip_params(batch: int, generator: torch.Generator, pad: int = CROP_PADDING
@@ -113,7 +135,7 @@ def standard_augmentation(images: Tensor, generator: torch.Generator) -> Tensor:
 # nearest-neighbour affine warps with black fill, ...): on the CPU every operation equals Pillow's
 # pixel for pixel (tests/test_logit_family.py). The random parameters are drawn on the CPU, so a
 # seed gives the same parameters on every device; the arithmetic is integer, or float32/float64
-# elementwise in Pillow's order, meant to give the same pixels on CUDA (not yet checked on a GPU).
+# elementwise in Pillow's order, so the pixels are the same on CUDA (see the module docstring).
 # Operations (range of the magnitude v):
 #   autocontrast, equalize, identity (no magnitude); brightness, color, contrast, sharpness
 #   (v in [0.05, 0.95]: blend with black / grey / mean grey / 3x3-smoothed image); posterize
@@ -225,8 +247,13 @@ def color(images: Tensor, v: Tensor) -> Tensor:
 
 def contrast(images: Tensor, v: Tensor) -> Tensor:
     """Pillow's ``ImageEnhance.Contrast(v)``: blend with the mean grey level ``int(mean + 0.5)``."""
-    mean = grey(images).flatten(1).double().mean(1)
-    return blend(_col((mean + 0.5).floor()).to(torch.uint8), images, v)
+    # int(mean + 0.5) in exact integer arithmetic: floor((2 * sum + n) / (2 n)). Equal to Pillow's
+    # float mean (two means differ by at least 1/n, far above a double's rounding) and free of
+    # the device's summation order.
+    g = grey(images).flatten(1).to(torch.int64)
+    n = g.shape[1]
+    level = (2 * g.sum(1) + n) // (2 * n)
+    return blend(_col(level).to(torch.uint8), images, v)
 
 
 SMOOTH_KERNEL = (1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0, 1.0)   # Pillow's ImageFilter.SMOOTH, scale 13
@@ -292,15 +319,24 @@ def affine_matrices(op: Tensor, v: Tensor, h: int, w: int) -> Tensor:
     return out
 
 
+def affine_fixed_point(mats: Tensor) -> Tensor:
+    """Pillow's 16.16 fixed-point coefficients ``A = floor(65536 a + 0.5)`` of affine maps
+    ``[B, 6]`` (float64), with the pixel-centre offsets folded into A2/A5; int64 ``[B, 6]``."""
+    fix = lambda t: torch.floor(t * 65536.0 + 0.5).to(torch.int64)   # noqa: E731
+    a2 = mats[:, 2] + mats[:, 0] * 0.5 + mats[:, 1] * 0.5
+    a5 = mats[:, 5] + mats[:, 3] * 0.5 + mats[:, 4] * 0.5
+    return fix(torch.stack([mats[:, 0], mats[:, 1], a2, mats[:, 3], mats[:, 4], a5], 1))
+
+
 def affine_nearest(images: Tensor, mats: Tensor) -> Tensor:
     """Nearest-neighbour affine warp with Pillow's 16.16 fixed-point arithmetic: for output pixel
-    (x, y) the input is ``((A2 + x A0 + y A1) >> 16, (A5 + x A3 + y A4) >> 16)`` with
-    ``A = floor(65536 a + 0.5)`` and the pixel-centre offsets folded into A2/A5; outside -> 0."""
+    (x, y) the input is ``((A2 + x A0 + y A1) >> 16, (A5 + x A3 + y A4) >> 16)`` with ``A`` from
+    ``affine_fixed_point``; outside -> 0. ``mats``: float64 maps ``[B, 6]``, or their int64
+    fixed-point coefficients (what the strong view passes: computed on the CPU)."""
     b, c, h, w = images.shape
-    fix = lambda t: torch.floor(t * 65536.0 + 0.5).to(torch.int64)   # noqa: E731
-    a0, a1, a3, a4 = fix(mats[:, 0]), fix(mats[:, 1]), fix(mats[:, 3]), fix(mats[:, 4])
-    a2 = fix(mats[:, 2] + mats[:, 0] * 0.5 + mats[:, 1] * 0.5)
-    a5 = fix(mats[:, 5] + mats[:, 3] * 0.5 + mats[:, 4] * 0.5)
+    fixed = mats if not mats.is_floating_point() else affine_fixed_point(mats)
+    fixed = fixed.to(images.device)
+    a0, a1, a2, a3, a4, a5 = fixed.unbind(1)
     xs = torch.arange(w, device=images.device, dtype=torch.int64)[None, None, :]
     ys = torch.arange(h, device=images.device, dtype=torch.int64)[None, :, None]
     xin = (a2[:, None, None] + xs * a0[:, None, None] + ys * a1[:, None, None]) >> 16     # [B, H, W]
@@ -315,12 +351,16 @@ POINTWISE_OPS = {"autocontrast": autocontrast, "brightness": brightness, "color"
                  "equalize": equalize, "posterize": posterize, "sharpness": sharpness, "solarize": solarize}
 
 
-def randaugment_round(images: Tensor, op: Tensor, v: Tensor) -> Tensor:
+def randaugment_round(images: Tensor, op: Tensor, v: Tensor, fixed: Tensor = None) -> Tensor:
     """One RandAugment round: sample i gets operation ``RANDAUG_OPS[op[i]]`` with magnitude
     ``v[i]`` (uint8 in and out). Every operation runs on the whole batch and the results are
-    selected per sample (no host synchronisation)."""
+    selected per sample (no host synchronisation). ``fixed``: the round's fixed-point affine
+    coefficients if already computed (on the CPU, see the module docstring), else computed here
+    from ``op`` and ``v`` on their device."""
     b, c, h, w = images.shape
-    out = affine_nearest(images, affine_matrices(op, v, h, w))    # identity for non-geometric samples
+    if fixed is None:
+        fixed = affine_fixed_point(affine_matrices(op, v, h, w))
+    out = affine_nearest(images, fixed)                           # identity for non-geometric samples
     for name, fn in POINTWISE_OPS.items():
         out = torch.where(_col(op == RANDAUG_OPS.index(name)), fn(images, v), out)
     return out
@@ -367,14 +407,17 @@ def strong_augmentation(images: Tensor, generator: torch.Generator) -> Tensor:
     Cutout; see the comment above for every operation and the order of the random draws."""
     b, c, h, w = images.shape
     top, left, flip, op, magnitude, frac, cx, cy = strong_params(b, generator, h, w)
-    # one host-to-device copy for all parameters
-    packed = torch.cat([torch.stack([top, left, flip.long()]).double(), op.double(), magnitude.double(),
-                        torch.stack([frac, cx, cy]).double()]).to(images.device)
     n = RANDAUG_NUM_OPS
+    # the affine coefficients from the draws alone, on the CPU (sin/cos: see the module docstring)
+    fixed = torch.cat([affine_fixed_point(affine_matrices(op[r], magnitude[r], h, w)).t() for r in range(n)])
+    # one host-to-device copy for all parameters (every value is exact in float64)
+    packed = torch.cat([torch.stack([top, left, flip.long()]).double(), op.double(), magnitude.double(),
+                        torch.stack([frac, cx, cy]).double(), fixed.double()]).to(images.device)
     top, left, flip = packed[0].long(), packed[1].long(), packed[2].bool()
     op, magnitude = packed[3:3 + n].long(), packed[3 + n:3 + 2 * n].float()
     frac, cx, cy = packed[3 + 2 * n], packed[4 + 2 * n], packed[5 + 2 * n]
+    fixed = packed[6 + 2 * n:].long()                             # [6 n, B]: round r in rows 6r..6r+5
     x = crop_flip(images, top, left, flip)
     for r in range(n):
-        x = randaugment_round(x, op[r], magnitude[r])
+        x = randaugment_round(x, op[r], magnitude[r], fixed[6 * r:6 * r + 6].t())
     return to_unit(cutout(x, frac, cx, cy))

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Distiller, TeacherLoss, add_argument_once
-from .connectors import full_precision, no_autocast
+from .connectors import average_pool_to, full_precision, no_autocast
 from .registry import register_distiller
 
 PAIRINGS = ("last", "first", "resolution")
@@ -79,8 +79,8 @@ def pool_to_smaller(f_s, f_t):
     if s_size == t_size:
         return f_s, f_t
     if f_s.shape[-2] > f_t.shape[-2]:
-        return F.adaptive_avg_pool2d(f_s, t_size), f_t
-    return f_s, F.adaptive_avg_pool2d(f_t, s_size)
+        return average_pool_to(f_s, t_size), f_t
+    return f_s, average_pool_to(f_t, s_size)
 
 
 def attention_map(f, p: int = 2):

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .AT import PairedMapsLoss
 from .base import TeacherLoss
-from .connectors import full_precision, no_autocast
+from .connectors import average_pool_to, full_precision, no_autocast
 from .registry import register_distiller
 
 
@@ -50,8 +50,8 @@ def match_spatial(s, t):
     if s.shape[-2:] == t.shape[-2:]:
         return s, t
     if s.shape[-2] * s.shape[-1] > t.shape[-2] * t.shape[-1]:
-        return F.adaptive_avg_pool2d(s, tuple(t.shape[-2:])), t
-    return s, F.adaptive_avg_pool2d(t, tuple(s.shape[-2:]))
+        return average_pool_to(s, tuple(t.shape[-2:])), t
+    return s, average_pool_to(t, tuple(s.shape[-2:]))
 
 
 class VIDRegressor(nn.Module):

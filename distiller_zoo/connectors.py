@@ -59,13 +59,23 @@ class Embed(nn.Module):
         return self.transfer(x)
 
 
+def average_pool_to(x, size):
+    """``adaptive_avg_pool2d(x, size)``; where the sizes divide, as ``avg_pool2d`` over the same
+    windows: its CUDA backward is deterministic, adaptive_avg_pool2d's is not (``--deterministic``
+    stops a GPU run at it)."""
+    h, w = x.shape[-2:]
+    if h % size[0] == 0 and w % size[1] == 0:
+        return F.avg_pool2d(x, (h // size[0], w // size[1]))
+    return F.adaptive_avg_pool2d(x, size)
+
+
 def resize_to(x, size):
     """Bring a map to a spatial size: average pooling when it is larger (or equal), bilinear
     interpolation when it is smaller (CA-MKD's rule)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if x.shape[-2] >= size[0]:
-        return F.adaptive_avg_pool2d(x, size)
+        return average_pool_to(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 

@@ -343,7 +343,7 @@ class StudentTask(Task):
             metrics[f"loss_{term.key}"] = loss.detach()
             for m, r in enumerate(results):       # a distiller's own figures (e.g. a learned temperature)
                 for name, value in r.metrics.items():
-                    metrics[f"{term.key}_t{m}_{name}"] = torch.as_tensor(value).detach().float()
+                    metrics[f"{term.key}_t{m}_{name}"] = torch.as_tensor(value, device=logits.device).detach().float()
             share = weights.mean(1)
             self._accumulate(term.key, share / share.sum().clamp_min(1e-12))
         self._steps += 1

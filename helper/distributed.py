@@ -45,6 +45,10 @@ def setup(args) -> DistContext:
     ctx = DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     cuda = str(args.device).startswith("cuda")
     if cuda:
+        gpus = torch.cuda.device_count()
+        if ctx.local_rank >= gpus:   # NCCL needs one GPU per process
+            raise ValueError(f"torchrun started process {ctx.local_rank} on a node with {gpus} GPU(s); use "
+                             f"--nproc_per_node {gpus} or at most that many, or --device cpu (gloo)")
         args.device = f"cuda:{ctx.local_rank}"
         torch.cuda.set_device(ctx.local_rank)
     if not dist.is_initialized():

@@ -122,8 +122,10 @@ def maybe_compile(module, log, what: str):
         log(f"--compile: this torch ({torch.__version__}) has no torch.compile; {what} runs uncompiled")
         return module
     try:
-        import torch._dynamo
-        if not torch._dynamo.is_dynamo_supported():
+        # ``import torch._dynamo`` here would make ``torch`` a local name of this whole function
+        # (UnboundLocalError above): import the submodule under its own name instead.
+        from torch import _dynamo
+        if not _dynamo.is_dynamo_supported():
             log(f"--compile: torch.compile is not supported on this platform/Python; {what} runs uncompiled")
             return module
     except ImportError:

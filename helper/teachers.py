@@ -38,12 +38,17 @@ class _FusedGroup:
         self.base = models[0]       # called functionally: its own tensors are swapped for the stack
 
     def to(self, device):
-        self.params = {k: v.to(device) for k, v in self.params.items()}
-        self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
+        # Plain (not channels_last) strides: under vmap, adaptive_avg_pool2d of a channels_last
+        # map has no batching rule (aten::as_strided_) and falls back to a slow per-teacher loop.
+        # clone(), not .contiguous(): a 1x1 kernel in channels_last also passes as "contiguous".
+        plain = torch.contiguous_format
+        self.params = {k: v.to(device).clone(memory_format=plain) for k, v in self.params.items()}
+        self.buffers = {k: v.to(device).clone(memory_format=plain) for k, v in self.buffers.items()}
         return self
 
     def forward(self, images, preact: bool):
         from torch.func import functional_call, vmap
+        images = images.contiguous()          # see to(): no channels_last inside vmap
 
         def one(params, buffers, x):
             return functional_call(self.base, (params, buffers), (x,), {"is_feat": True, "preact": preact})

@@ -43,8 +43,12 @@ class ZooModel(nn.Module):
         raise NotImplementedError
 
     def pool(self, x: Tensor) -> Tensor:
-        """Last stage output -> pooled feature vector [B, D]."""
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        """Last stage output -> pooled feature vector [B, D] (global average pooling).
+
+        A mean, not ``adaptive_avg_pool2d(x, 1)``: the same numbers, but its CUDA backward has no
+        deterministic version (``--deterministic`` stopped every GPU run there) and under vmap
+        (fused teachers) a channels_last input fell back to a slow per-teacher loop."""
+        return x.mean((2, 3))
 
     def classify(self, pooled: Tensor) -> Tensor:
         return self.fc(pooled)

@@ -88,7 +88,7 @@ class VGG(ZooModel):
         return out, (pre if preact else out)
 
     def pool(self, x):
-        return self.pool4(x).flatten(1)
+        return x.mean((2, 3))          # = pool4 (global average); see models/base.py pool()
 
     def classify(self, pooled):
         return self.classifier(pooled)

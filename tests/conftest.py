@@ -23,6 +23,22 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_backend_flags():
+    """A script run in-process with --deterministic (or on CUDA, cuDNN autotuning) sets global
+    backend flags; give every test the flags it started with."""
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(flags[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1], flags[2]
+
+
+# Where a test compares two runs bit for bit: on a GPU (the default device there) only
+# deterministic kernels make two runs equal; on the CPU the flag changes nothing.
+BIT_IDENTICAL = ["--deterministic"]
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module of tiny tensors or small runs: on a loaded 2-core machine
@@ -139,8 +155,8 @@ def random_batch(B=8, num_classes=10, seed=1):
 
 def assert_same_checkpoints(run_a, run_b, extra: str, filename: str = "resnet8_last.pth"):
     """The two runs' final checkpoints hold bit-identical student weights and ``extra[extra]`` state."""
-    a = torch.load(os.path.join(run_a, filename), weights_only=True)
-    b = torch.load(os.path.join(run_b, filename), weights_only=True)
+    a = torch.load(os.path.join(run_a, filename), map_location="cpu", weights_only=True)
+    b = torch.load(os.path.join(run_b, filename), map_location="cpu", weights_only=True)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert set(a["extra"][extra]) == set(b["extra"][extra])

@@ -135,9 +135,42 @@ def test_unknown_view_is_a_one_line_error():
         _loader(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), ("strongest",))
 
 
+# -- the same on CPU and CUDA (the promise in dataset/augment.py's docstring) --------------------
+def _seeded_images(n=32, seed=11):
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("view", sorted(AUGMENTATIONS))
+def test_random_draws_do_not_depend_on_the_device_of_the_images(view):
+    """Every view draws on the CPU from the loader's generator, the same numbers in the same order
+    whatever the images' device (``meta`` stands in for CUDA: it has no values, only shapes)."""
+    images = _seeded_images()
+    g_cpu, g_meta = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    out_cpu = AUGMENTATIONS[view](images, g_cpu)
+    out_meta = AUGMENTATIONS[view](images.to("meta"), g_meta)
+    assert out_meta.device.type == "meta" and out_meta.shape == out_cpu.shape
+    assert out_meta.dtype == out_cpu.dtype == torch.float32
+    assert torch.equal(g_cpu.get_state(), g_meta.get_state())
+
+
+def test_to_unit_is_a_table_of_the_correctly_rounded_quotients():
+    """x / 255 for every uint8 value, correctly rounded to float32 (what the CPU's division gives),
+    looked up rather than divided on the device."""
+    from dataset.augment import to_unit
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    expected = (np.arange(256, dtype=np.float64) / 255).astype(np.float32).reshape(1, 1, 16, 16)
+    assert np.array_equal(to_unit(levels).numpy(), expected)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_and_cuda_augment_identically():
-    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
-    cpu = AUGMENTATIONS["standard"](images, torch.Generator().manual_seed(5))
-    gpu = AUGMENTATIONS["standard"](images.cuda(), torch.Generator().manual_seed(5))
-    assert torch.equal(cpu, gpu.cpu())
+    """The promise: the same uint8 images and seed give bit-identical float32 views on CPU and CUDA
+    (the draws come from one CPU generator; see dataset/augment.py)."""
+    images = _seeded_images()
+    for view in sorted(AUGMENTATIONS):
+        g_cpu, g_gpu = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        cpu = AUGMENTATIONS[view](images, g_cpu)
+        gpu = AUGMENTATIONS[view](images.cuda(), g_gpu)
+        assert gpu.device.type == "cuda"
+        assert torch.equal(g_cpu.get_state(), g_gpu.get_state()), view
+        assert torch.equal(cpu, gpu.cpu()), view

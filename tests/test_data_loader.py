@@ -198,9 +198,15 @@ def test_add_data_arguments_and_loaders_from_args():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_loader_matches_cpu_loader():
+    """dataset/augment.py's promise, through the loader: the same order, labels, indices and
+    bit-identical normalised views (weak and strong) on CPU and CUDA for a seed and an epoch."""
     kw = dict(synthetic_train=100, synthetic_test=10, synthetic_classes=5, batch_size=32, seed=3,
-              with_index=True)
+              with_index=True, views=("standard", "strong"))
     cpu, gpu = (build_loaders("synthetic", device=d, **kw).train for d in ("cpu", "cuda"))
-    for (xc, yc, ic), (xg, yg, ig) in zip(epoch(cpu, 1), epoch(gpu, 1)):
-        assert xg.device.type == "cuda"
-        assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu()) and torch.equal(ic, ig.cpu())
+    batches = 0
+    for ((wc, sc), yc, ic), ((wg, sg), yg, ig) in zip(epoch(cpu, 1), epoch(gpu, 1)):
+        assert wg.device.type == "cuda" and sg.device.type == "cuda"
+        assert torch.equal(yc, yg.cpu()) and torch.equal(ic, ig.cpu())
+        assert torch.equal(wc, wg.cpu()) and torch.equal(sc, sg.cpu())
+        batches += 1
+    assert batches == len(cpu) == len(gpu)

@@ -34,7 +34,13 @@ WRAPPER = textwrap.dedent("""
 """)
 
 
+# Two processes need two GPUs for NCCL (the default device on a GPU machine); with fewer, the
+# same tests run on the CPU with gloo.
+DEVICE = [] if torch.cuda.device_count() >= 2 else ["--device", "cpu"]
+
+
 def torchrun(tmp_path, script, argv):
+    argv = list(argv) + DEVICE
     wrapper = tmp_path / "wrapper.py"
     wrapper.write_text(WRAPPER.format(repo=REPO, script=script, out=str(tmp_path), argv=argv))
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -48,8 +54,8 @@ def test_two_processes_keep_identical_weights_and_rank0_writes(tmp_path):
     proc = torchrun(tmp_path, "train_teacher", ["--model", "resnet8", "--dataset", "digits", "--epochs", "2",
                                                 "--batch_size", "128", "--save_dir", save, "--quiet"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    a = torch.load(tmp_path / "rank0.pt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", map_location="cpu", weights_only=True)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     run_dir = os.path.join(save, "teachers", "resnet8_digits_lr_0.05_decay_0.0005_trial_0_batch_size~128")
@@ -68,8 +74,8 @@ def test_student_under_torchrun_with_connectors(tmp_path, student_save_dir):
                                                 "--ensemble_method", "CAMKD", "--epochs", "1", "--batch_size", "128",
                                                 "--beta_delay_epochs", "0"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    a = torch.load(tmp_path / "rank0.pt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", map_location="cpu", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -83,7 +89,7 @@ def test_crd_memory_banks_receive_every_ranks_rows(tmp_path, student_save_dir):
                                                 "--beta_delay_epochs", "0", "--skip_validation"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = os.path.join(student_save_dir, "students", os.listdir(os.path.join(student_save_dir, "students"))[0])
-    ckpt = torch.load(os.path.join(run_dir, "resnet8_last.pth"), weights_only=True)
+    ckpt = torch.load(os.path.join(run_dir, "resnet8_last.pth"), map_location="cpu", weights_only=True)
     banks = {k: v for k, v in ckpt["extra"]["distill"].items() if k.endswith(("memory_s", "memory_t"))}
     assert len(banks) == 2
     for name, bank in banks.items():
@@ -120,3 +126,15 @@ def test_amp_off_step_is_the_plain_step():
     with autocast_context("cpu", False):
         a = model(x)
     assert torch.equal(a, model(x)) and a.dtype == torch.float32
+
+
+def test_more_processes_than_gpus_is_a_one_line_error(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU node: a clear error, not torch.cuda.set_device's."""
+    import argparse
+    from helper import distributed
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"process 1 on a node with 1 GPU\(s\); use --nproc_per_node 1"):
+        distributed.setup(argparse.Namespace(device="cuda", batch_size=8))

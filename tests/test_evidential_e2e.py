@@ -64,7 +64,7 @@ def test_aekt_trains_far_above_chance_and_checkpoints_its_layer(save_dir):
     code, run_dir, metrics = run_student(save_dir, "--distill", "aekt", *FAST)
     assert code == 0
     assert metrics[-1]["test_acc"] > 50.0
-    ckpt = torch.load(os.path.join(run_dir, "resnet8_last.pth"), weights_only=True)
+    ckpt = torch.load(os.path.join(run_dir, "resnet8_last.pth"), map_location="cpu", weights_only=True)
     deltas = [v for k, v in ckpt["extra"]["distill"].items() if k.endswith("layer.delta")]
     assert len(deltas) == 1 and deltas[0].abs().sum() > 0   # trained, saved for --resume
     assert set(ckpt["model"]) == set(model_dict["resnet8"](num_classes=10).state_dict())   # not in the student

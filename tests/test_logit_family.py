@@ -457,10 +457,21 @@ def test_loader_serves_weak_and_strong_views_and_replays_an_epoch():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_strong_view_is_the_same_on_cpu_and_cuda():
+    """dataset/augment.py's promise: the same images and seed give bit-identical strong views on
+    CPU and CUDA, for every operation (one batch per operation, so each runs on every sample)."""
+    from dataset.augment import affine_fixed_point, affine_matrices, strong_params
     images = _test_images(16)
-    cpu = AUGMENTATIONS["strong"](images, torch.Generator().manual_seed(5))
-    gpu = AUGMENTATIONS["strong"](images.cuda(), torch.Generator().manual_seed(5))
-    assert torch.equal(cpu, gpu.cpu())
+    for seed in range(8):
+        cpu = AUGMENTATIONS["strong"](images, torch.Generator().manual_seed(seed))
+        gpu = AUGMENTATIONS["strong"](images.cuda(), torch.Generator().manual_seed(seed))
+        assert torch.equal(cpu, gpu.cpu()), seed
+    for k in range(len(RANDAUG_OPS)):
+        op = torch.full((len(images),), k)
+        v = strong_params(len(images), torch.Generator().manual_seed(k), 32, 32)[4][0]
+        fixed = affine_fixed_point(affine_matrices(op, v, 32, 32))   # from the draws, on the CPU
+        cpu = randaugment_round(images, op, v, fixed)
+        gpu = randaugment_round(images.cuda(), op.cuda(), v.cuda(), fixed)
+        assert torch.equal(cpu, gpu.cpu()), RANDAUG_OPS[k]
 
 
 def _pil_ops():

@@ -9,7 +9,7 @@ import torch
 from helper.spot_adaptive import SpotAdaptiveTask
 from models import model_dict
 
-from conftest import Interrupt, assert_same_checkpoints, dies_at_step, read_metrics, run_student
+from conftest import BIT_IDENTICAL, Interrupt, assert_same_checkpoints, dies_at_step, read_metrics, run_student
 
 FAST = ["--epochs", "3", "--batch_size", "32", "--lr_decay_epochs", "100", "--skip_validation"]
 
@@ -40,7 +40,7 @@ def test_spot_adaptive_trains_a_student_and_the_policy(student_save_dir, distill
         for m in metrics:
             for s in spots:
                 assert sum(m[f"spot_{s}_t{t}"] for t in range(teachers)) == pytest.approx(m[f"spot_{s}"], abs=1e-4)
-    ckpt = torch.load(os.path.join(run_dir, "resnet8_last.pth"), weights_only=True)
+    ckpt = torch.load(os.path.join(run_dir, "resnet8_last.pth"), map_location="cpu", weights_only=True)
     assert "policy.fc.weight" in ckpt["extra"]["spot_router"] and ckpt["extra"]["spot_optimizer"]["state"]
 
 
@@ -54,7 +54,7 @@ def test_spot_adaptive_resume_is_bit_identical(tmp_path):
     args = ["--dataset", "synthetic", "--synthetic_train", "96", "--synthetic_test", "32", "--synthetic_classes", "10",
             "--synthetic_size", "16", "--path_t", str(teacher), "--distill", "attention", "--spot_adaptive",
             "--policy_homo", "no", "--epochs", "2", "--batch_size", "16", "--beta_delay_epochs", "0",
-            "--skip_validation"]
+            "--skip_validation", *BIT_IDENTICAL]
     save_a, save_b = str(tmp_path / "a"), str(tmp_path / "b")
     code, run_a, _ = run_student(save_a, *args)
     assert code == 0

@@ -10,7 +10,7 @@ import train_student
 from helper.distill import StudentTask
 from models import model_dict
 
-from conftest import Interrupt, assert_same_checkpoints, dies_at_step, read_metrics, run_student
+from conftest import BIT_IDENTICAL, Interrupt, assert_same_checkpoints, dies_at_step, read_metrics, run_student
 
 FAST = ["--epochs", "4", "--lr_decay_epochs", "3", "--batch_size", "32"]
 
@@ -30,7 +30,7 @@ def test_each_strategy_trains_a_student_far_above_chance(student_save_dir, metho
     if method != "AVERAGE_LOSS":                                # weights are logged per teacher
         shares = [metrics[-1][f"weight_kd_t{m}"] for m in range(3)]
         assert len({round(v, 6) for v in shares}) > 1          # the strategy told the teachers apart
-    ckpt = torch.load(os.path.join(run_dir, "resnet8_best.pth"), weights_only=True)
+    ckpt = torch.load(os.path.join(run_dir, "resnet8_best.pth"), map_location="cpu", weights_only=True)
     assert ckpt["teachers"] == ["digits-resnet8-0", "digits-resnet8-1", "digits-resnet8-2"]
 
 
@@ -66,7 +66,7 @@ def test_three_terms_log_their_formula_and_epoch_losses(student_save_dir):
 def test_student_resume_is_bit_identical(student_save_dir, tmp_path):
     """Includes the hint regressors (extra modules) and the optimizer's state for them."""
     args = ["--teacher_num", "2", "--ensemble_method", "CAMKD", "--distill", "hint", "--epochs", "3",
-            "--batch_size", "128", "--beta_delay_epochs", "0"]
+            "--batch_size", "128", "--beta_delay_epochs", "0", *BIT_IDENTICAL]
     save_b = str(tmp_path / "b")
     os.makedirs(save_b)
     with open(os.path.join(student_save_dir, "manifest.json")) as f:

@@ -11,7 +11,7 @@ from helper.loop import ClassifierTask, StepOutput
 from helper.manifest import ManifestError, add_teacher, manifest_path, read_manifest
 from models.checkpoint import load_model
 
-from conftest import TEACHER_EPOCHS, Interrupt, dies_at_step, read_metrics
+from conftest import BIT_IDENTICAL, TEACHER_EPOCHS, Interrupt, dies_at_step, read_metrics
 
 QUICK = ["--model", "resnet8", "--dataset", "digits", "--quiet", "--batch_size", "128"]
 
@@ -47,7 +47,7 @@ def test_run_folder_uses_repdistiller_naming(digits_teachers):
     assert folders[0] == "resnet8_digits_lr_0.05_decay_0.0005_trial_0"
     assert os.path.isfile(os.path.join(digits_teachers, "teachers", folders[0], "resnet8_best.pth"))
     ckpt = torch.load(os.path.join(digits_teachers, "teachers", folders[0], "resnet8_last.pth"),
-                      weights_only=True)
+                      map_location="cpu", weights_only=True)
     assert {"model", "epoch", "best_acc", "optimizer"} <= set(ckpt)
     assert ckpt["epoch"] == TEACHER_EPOCHS and ckpt["arch"] == "resnet8"
 
@@ -60,11 +60,11 @@ def _run_dir(save_dir):
 
 
 def _final_state(save_dir):
-    return torch.load(os.path.join(_run_dir(save_dir), "resnet8_last.pth"), weights_only=True)
+    return torch.load(os.path.join(_run_dir(save_dir), "resnet8_last.pth"), map_location="cpu", weights_only=True)
 
 
 def test_resume_gives_bit_identical_weights(tmp_path):
-    args = QUICK + ["--epochs", "3", "--lr_decay_epochs", "2"]
+    args = QUICK + ["--epochs", "3", "--lr_decay_epochs", "2"] + BIT_IDENTICAL
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert train_teacher.main(args + ["--save_dir", a]) == 0
 

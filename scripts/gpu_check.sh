@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# One health check of the GPU path, for a maintainer on one GPU machine (issue 21).
+#
+#   bash scripts/gpu_check.sh             # about 8 minutes on one H100/H200; downloads nothing
+#   bash scripts/gpu_check.sh --dry-run   # print every command it would run (no GPU needed)
+#   bash scripts/gpu_check.sh --no-tests  # skip step 1 (the test suite)
+#
+# 1. the whole test suite on the GPU (the default device there), in parallel with pytest-xdist
+#    when it is installed, serially otherwise;
+# 2. the main job on synthetic CIFAR-100-sized data (50,000 + 10,000 images, 100 classes, 32 px):
+#    three resnet32x4 teachers for one epoch; a vgg8 student, --distill inter, two epochs under
+#    CAMKD, one under AEKD, two with --compile;
+# 3. both benchmarks (benchmarks/bench_student.py, benchmarks/bench_data.py) on the GPU;
+# 4. one summary: commit, device, PyTorch version, tests passed/failed, seconds per epoch of every
+#    run (metrics.jsonl's epoch_time), the benchmark ratios, peak GPU memory, and a last line
+#    "GPU PATH HEALTHY" or "GPU PATH BROKEN: <what>" (exit status 0 or 1).
+#
+# It uses the torch it finds (a GPU machine ships its own CUDA build) and installs nothing.
+# Everything it writes goes to a fresh temporary folder (printed at the start and the end).
+set -u -o pipefail
+
+DRY=0
+TESTS=1
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY=1 ;;
+        --no-tests) TESTS=0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "gpu_check.sh: unknown option $arg (expected --dry-run, --no-tests or --help)" >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ "$DRY" = 1 ]; then
+    WORK=/tmp/mtkd-gpu-check.XXXXXX
+else
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/mtkd-gpu-check.XXXXXX")
+fi
+SAVE=$WORK/save
+LOGS=$WORK/logs
+# deterministic-mode tests need cuBLAS's workspace setting before CUDA starts
+export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
+
+# pytest-xdist where installed: one worker per CPU core, at most 16 (one GPU is shared by all)
+if "$PY" -c "import xdist" >/dev/null 2>&1; then
+    WORKERS=$(nproc 2>/dev/null || echo 4)
+    [ "$WORKERS" -gt 16 ] && WORKERS=16
+    PYTEST=("$PY" -m pytest -q -p no:cacheprovider -n "$WORKERS")
+else
+    PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
+fi
+
+COMMON=(--dataset synthetic --save_dir "$SAVE" --quiet)
+STUDENT=("$PY" train_student.py "${COMMON[@]}" --model_s vgg8 --teacher_num 3 --distill inter)
+# name  command...
+RUNS=(
+    "teachers|$PY train_teacher.py ${COMMON[*]} --model resnet32x4 --epochs 1 --trials 0,1,2"
+    "student_camkd|${STUDENT[*]} --ensemble_method CAMKD --epochs 2 --tag gpucheck-camkd"
+    "student_aekd|${STUDENT[*]} --ensemble_method AEKD --epochs 1 --tag gpucheck-aekd"
+    "student_compile|${STUDENT[*]} --ensemble_method CAMKD --epochs 2 --compile --tag gpucheck-compile"
+)
+BENCH_STUDENT=("$PY" benchmarks/bench_student.py --device cuda)
+BENCH_DATA=("$PY" benchmarks/bench_data.py --device cuda --json)
+
+if [ "$DRY" = 1 ]; then
+    echo "# gpu_check.sh --dry-run: the commands, in order (work folder: a fresh $WORK)"
+    echo "export CUBLAS_WORKSPACE_CONFIG=$CUBLAS_WORKSPACE_CONFIG"
+    [ "$TESTS" = 1 ] && echo "${PYTEST[*]}"
+    for run in "${RUNS[@]}"; do echo "${run#*|}"; done
+    echo "${BENCH_STUDENT[*]}"
+    echo "${BENCH_DATA[*]}"
+    exit 0
+fi
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check.sh: no CUDA device is visible to $PY (torch.cuda.is_available() is False); this check needs" \
+         "a GPU (bash scripts/gpu_check.sh --dry-run lists its commands)" >&2
+    exit 2
+fi
+mkdir -p "$SAVE" "$LOGS"
+echo "==> gpu_check.sh: work folder $WORK"
+STARTED=$(date +%s)
+
+# run NAME SCRIPT ARGS...: the script in-process, so its peak CUDA memory can be read at the end
+run_script() {
+    local name=$1
+    shift
+    local t0
+    t0=$(date +%s)
+    "$PY" - "$LOGS/$name.peak_mib" "$@" > "$LOGS/$name.log" 2>&1 <<'EOF'
+import runpy, sys
+import torch
+out, script, *argv = sys.argv[1:]
+sys.argv = [script, *argv]
+code = 0
+try:
+    runpy.run_path(script, run_name="__main__")
+except SystemExit as exc:
+    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+finally:
+    with open(out, "w") as f:
+        f.write(f"{torch.cuda.max_memory_allocated() / 2**20:.0f}\n" if torch.cuda.is_available() else "?\n")
+sys.exit(code)
+EOF
+    local code=$?
+    echo "$code $(( $(date +%s) - t0 ))" > "$LOGS/$name.status"
+    echo "    $name: exit $code, $(( $(date +%s) - t0 )) s (log: $LOGS/$name.log)"
+}
+
+if [ "$TESTS" = 1 ]; then
+    echo "==> 1/3 the test suite: ${PYTEST[*]}"
+    t0=$(date +%s)
+    "${PYTEST[@]}" > "$LOGS/pytest.log" 2>&1
+    echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/pytest.status"
+    tail -n 1 "$LOGS/pytest.log"
+fi
+
+echo "==> 2/3 the main job on synthetic CIFAR-100-sized data"
+for run in "${RUNS[@]}"; do
+    name=${run%%|*}
+    read -r -a cmd <<< "${run#*|}"
+    echo "    ${cmd[*]}"
+    run_script "$name" "${cmd[@]:1}"
+done
+
+echo "==> 3/3 the benchmarks"
+t0=$(date +%s)
+"${BENCH_STUDENT[@]}" > "$LOGS/bench_student.log" 2>&1
+echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/bench_student.status"
+t0=$(date +%s)
+"${BENCH_DATA[@]}" > "$LOGS/bench_data.log" 2>&1
+echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/bench_data.status"
+
+"$PY" - "$WORK" "$TESTS" "$(( $(date +%s) - STARTED ))" <<'EOF'
+import glob, json, os, re, subprocess, sys
+import torch
+
+work, tests, total = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+logs = os.path.join(work, "logs")
+problems = []
+
+
+def read(name):
+    path = os.path.join(logs, name)
+    return open(path).read() if os.path.exists(path) else ""
+
+
+def status(name):
+    text = read(f"{name}.status").split()
+    return (int(text[0]), int(text[1])) if len(text) == 2 else (None, None)
+
+
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                       text=True).stdout.strip()
+print("\n================ gpu_check.sh summary ================")
+print(f"commit   {commit or '?'}{' (with uncommitted changes)' if dirty else ''}")
+device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+print(f"device   {device}; torch {torch.__version__}, CUDA {torch.version.cuda}")
+
+if tests:
+    code, secs = status("pytest")
+    counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", read("pytest.log").strip().splitlines()[-1]
+                                                       if read("pytest.log").strip() else ""))
+    failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+    print(f"tests    {counts.get('passed', 0)} passed, {failed} failed, {counts.get('skipped', 0)} skipped "
+          f"in {secs} s (exit {code})")
+    if code != 0 or failed:
+        problems.append(f"{failed} failing test(s) (see {logs}/pytest.log)")
+else:
+    print("tests    not run (--no-tests)")
+
+print("runs     seconds per epoch (metrics.jsonl epoch_time), peak GPU memory:")
+for name, pattern in (("teachers", "teachers/*"), ("student_camkd", "students/*gpucheck-camkd*"),
+                      ("student_aekd", "students/*gpucheck-aekd*"), ("student_compile", "students/*gpucheck-compile*")):
+    code, secs = status(name)
+    times = []
+    for folder in sorted(glob.glob(os.path.join(work, "save", pattern))):
+        path = os.path.join(folder, "metrics.jsonl")
+        if os.path.exists(path):
+            times.append([json.loads(line)["epoch_time"] for line in open(path) if line.strip()])
+    epochs = "; ".join(", ".join(f"{t:.1f}" for t in run) for run in times) or "no epochs recorded"
+    peak = read(f"{name}.peak_mib").strip() or "?"
+    print(f"  {name:16s} exit {code}, {secs} s in all; s/epoch: {epochs}; peak {peak} MiB")
+    if code != 0 or not times:
+        problems.append(f"{name} failed (see {logs}/{name}.log)")
+
+code, _ = status("bench_student")
+rows = re.findall(r"^(\w+)\s+([\d.]+)\s+([\d.nan]+)\s+([\d.nan]+)\s+([\d.nan]+)\s+([\d.nan]+)\s*$",
+                  read("bench_student.log"), re.M)
+print("bench    bench_student.py (ours img/s, reference img/s, ratio, our peak MiB):")
+for method, ours, ref, ratio, om, _ in rows:
+    print(f"  {method:16s} {ours:>8s} {ref:>8s} {ratio:>7s}x {om:>7s} MiB")
+aekd = re.search(r"AEKD step time / AVERAGE_LOSS step time = ([\d.]+)", read("bench_student.log"))
+if aekd:
+    print(f"  AEKD / AVERAGE_LOSS step time: {aekd.group(1)}")
+if code != 0 or not rows:
+    problems.append(f"bench_student.py failed (see {logs}/bench_student.log)")
+code, _ = status("bench_data")
+data = [json.loads(line) for line in read("bench_data.log").splitlines() if line.startswith("{")]
+if data:
+    d = data[-1]
+    print(f"  bench_data.py    device-resident {d['device_images_per_s']:.0f} img/s, DataLoader "
+          f"{d['conventional_images_per_s']:.0f} img/s, ratio {d['ratio']:.2f}x")
+if code != 0 or not data:
+    problems.append(f"bench_data.py failed (see {logs}/bench_data.log)")
+print(f"total    {total} s; logs and runs in {work}")
+print("GPU PATH HEALTHY" if not problems else "GPU PATH BROKEN: " + "; ".join(problems))
+sys.exit(1 if problems else 0)
+EOF
