@@ -139,7 +139,7 @@ class MLKD(Distiller):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.logit_stand = bool(getattr(ctx.opt, "logit_stand", False))
+        self.logit_stand = bool(ctx.opt.logit_stand)
         self.temperatures = mlkd_temperatures(kd_temperature(ctx.opt))
 
     def forward(self, s, t, batch):

@@ -54,6 +54,7 @@ class BuildContext:
     num_teachers: int = 1
     student: Optional[nn.Module] = None
     teacher: Optional[nn.Module] = None
+    shared: dict = field(default_factory=dict)  # one dict per term: objects its distillers share
 
 
 @dataclass
