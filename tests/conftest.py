@@ -76,16 +76,59 @@ def run_student(save_dir, *argv):
     return code, run_dir, read_metrics(run_dir)
 
 
-@pytest.fixture
-def student_save_dir(digits_teachers, tmp_path):
-    """A fresh save folder that sees the session's teachers (manifest copied, paths absolute)."""
+def see_teachers(digits_teachers, folder):
+    """Make ``folder`` a save folder that sees the session's teachers (manifest copied, paths
+    absolute); returns it as a string."""
     with open(os.path.join(digits_teachers, "manifest.json")) as f:
         data = json.load(f)
     for entry in data["teachers"].values():
         entry["path"] = os.path.join(digits_teachers, entry["path"])
-    with open(tmp_path / "manifest.json", "w") as f:
+    with open(os.path.join(folder, "manifest.json"), "w") as f:
         json.dump(data, f)
-    return str(tmp_path)
+    return str(folder)
+
+
+@pytest.fixture
+def student_save_dir(digits_teachers, tmp_path):
+    """A fresh save folder that sees the session's teachers."""
+    return see_teachers(digits_teachers, tmp_path)
+
+
+class SharedRuns:
+    """Student runs made once per session, keyed by their arguments: an e2e test that needs the
+    plain-KD run of its setting as a reference gets the run that setting's own KD test makes (or
+    makes it, and that test then reuses it), so the references add no runs."""
+
+    def __init__(self, digits_teachers, tmp_path_factory):
+        self.teachers, self.tmp, self.runs = digits_teachers, tmp_path_factory, {}
+
+    def __call__(self, *argv):
+        key = tuple(argv)
+        if key not in self.runs:
+            save_dir = see_teachers(self.teachers, self.tmp.mktemp("shared_run"))
+            torch.manual_seed(0)
+            self.runs[key] = run_student(save_dir, *argv)
+        return self.runs[key]
+
+
+@pytest.fixture(scope="session")
+def shared_runs(digits_teachers, tmp_path_factory):
+    return SharedRuns(digits_teachers, tmp_path_factory)
+
+
+KD_MARGIN = 15.0         # test top-1 points a loss may fall below plain KD in the same setting
+CHANCE_MARGIN = 15.0     # and points it must stay above chance (10 classes: 10%)
+
+
+def assert_generalises_like_kd(metrics, kd_metrics, run):
+    """A student that trains but does not generalise fails here: the last epoch's test top-1 must
+    be at most KD_MARGIN points below the plain-KD run of the same setting and CHANCE_MARGIN
+    points above chance (digits: 10 classes)."""
+    acc, ref = metrics[-1]["test_acc"], kd_metrics[-1]["test_acc"]
+    train = metrics[-1].get("train_acc", float("nan"))
+    assert acc >= ref - KD_MARGIN and acc >= 10.0 + CHANCE_MARGIN, (
+        f"{run}: last-epoch test top-1 {acc:.1f} (train {train:.1f}) against plain KD's {ref:.1f} in the "
+        f"same setting; expected at least {max(ref - KD_MARGIN, 10.0 + CHANCE_MARGIN):.1f}")
 
 
 class Interrupt(Exception):
