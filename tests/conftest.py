@@ -130,3 +130,51 @@ def assert_generalises_like_kd(metrics, kd_metrics, run):
     assert acc >= need, (
         f"{run}: last-epoch test top-1 {acc:.1f} (train {train:.1f}) against plain KD's {ref:.1f} in the "
         f"same setting; expected at least {need:.1f}")
+
+
+class Interrupt(Exception):
+    """What a killed job looks like to the training loop: an exception in the middle of a step."""
+
+
+@contextlib.contextmanager
+def dies_at_step(task_cls, epoch, step=1):
+    """Within the block, ``task_cls.step`` raises ``Interrupt`` at the ``step``-th step of ``epoch``
+    (counted from 1), as a job killed there would stop; the class is restored afterwards."""
+    original = task_cls.step
+    calls = {"n": 0}
+
+    def interrupted(self, batch, e):
+        if e == epoch:
+            calls["n"] += 1
+            if calls["n"] == step:
+                raise Interrupt()
+        return original(self, batch, e)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(task_cls, "step", interrupted)
+        yield
+
+
+def build_student_task(args, archs, student="resnet8", num_classes=10, seed=0):
+    """A ``StudentTask`` over freshly initialised zoo models (teachers ``archs``), for one-step tests."""
+    torch.manual_seed(seed)
+    teachers = TeacherEnsemble([model_dict[a](num_classes=num_classes) for a in archs], list(archs))
+    s = model_dict[student](num_classes=num_classes)
+    terms = build_terms(args, s, teachers, num_classes, num_data=100, image_size=32)
+    return StudentTask(s, teachers, terms, args)
+
+
+def random_batch(B=8, num_classes=10, seed=1):
+    """Images ``[B, 3, 32, 32]`` and labels ``[B]`` from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, 32, 32, generator=g), torch.randint(0, num_classes, (B,), generator=g)
+
+
+def assert_same_checkpoints(run_a, run_b, extra: str, filename: str = "resnet8_last.pth"):
+    """The two runs' final checkpoints hold bit-identical student weights and ``extra[extra]`` state."""
+    a = torch.load(os.path.join(run_a, filename), weights_only=True)
+    b = torch.load(os.path.join(run_b, filename), weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert set(a["extra"][extra]) == set(b["extra"][extra])
+    for key, value in a["extra"][extra].items():
+        assert torch.equal(value, b["extra"][extra][key]), key
