@@ -42,20 +42,16 @@ Loss weights: ``-r`` (softmax CE on ``z``) and ``-a`` stay 1.
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Distiller, LossTerm, add_argument_once
+from .base import Distiller, TeacherLoss, add_argument_once
 from .DKD import dkd_terms, warmup_factor
 from .KD import as_float, logit_stand_scale, standardize
 from .registry import register_distiller
-
-_SHARED_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # student -> shared layer
-
 
 class DistillationLayer(nn.Module):
     """``z -> z + z D^T + b`` = ``W z + b`` with ``W = I + D``; identity at initialisation."""
@@ -124,38 +120,33 @@ class AEKT(Distiller):
     def __init__(self, ctx):
         super().__init__(ctx)
         opt = ctx.opt
-        self.logit_stand = bool(getattr(opt, "logit_stand", False))
-        self.T = float(opt.base_temp if self.logit_stand else getattr(opt, "aekt_T", 4.0))
-        self.alpha = float(getattr(opt, "aekt_alpha", 1.0))
-        self.beta = float(getattr(opt, "aekt_beta", 8.0))
-        self.warmup = float(getattr(opt, "aekt_warmup", 20))
-        self.w_max = float(getattr(opt, "aekt_wmax", 5.0))
-        self.adaptive = getattr(opt, "aekt_weight", "ratio") == "ratio"
-        mode = getattr(opt, "aekt_layer", "separate")
-        if mode == "none":
+        self.logit_stand = bool(opt.logit_stand)
+        self.T = float(opt.base_temp if self.logit_stand else opt.aekt_T)
+        self.alpha = float(opt.aekt_alpha)
+        self.beta = float(opt.aekt_beta)
+        self.warmup = float(opt.aekt_warmup)
+        self.w_max = float(opt.aekt_wmax)
+        self.adaptive = opt.aekt_weight == "ratio"
+        if opt.aekt_layer == "none":
             self.layer = None
-        elif mode == "shared" and ctx.student is not None:
-            layer = _SHARED_LAYERS.get(ctx.student)
-            if layer is None or ctx.teacher_index == 0:
-                layer = _SHARED_LAYERS[ctx.student] = DistillationLayer(ctx.num_classes)
-            self.layer = layer
+        elif opt.aekt_layer == "shared":
+            # one layer for the term's teachers: the first distiller builds it, the others of the
+            # same term find it in the term's shared dict; every distiller holds it as a submodule,
+            # so it is trained and checkpointed with the terms (no state outside them)
+            self.layer = ctx.shared.setdefault("aekt_layer", DistillationLayer(ctx.num_classes))
         else:
             self.layer = DistillationLayer(ctx.num_classes)
-        self.epoch = None
-
-    def epoch_begin(self, epoch, epochs):
-        self.epoch = epoch
 
     def distill_logits(self, z: Tensor) -> Tensor:
         """The logits the distillation terms read: ``W z + b`` (``z`` without a layer)."""
         return z if self.layer is None else self.layer(z)
 
     def forward(self, s, t, batch):
-        ramp = warmup_factor(self.epoch if self.epoch is not None else batch.epoch, self.warmup)
+        ramp = warmup_factor(batch.epoch, self.warmup)
         z_dis = self.distill_logits(s.logits)
         explicit, implicit, w = aekt_terms(z_dis, t.logits, batch.labels, self.T, self.logit_stand,
                                            self.w_max, self.adaptive)
         loss = ramp * (self.alpha * w * explicit + self.beta * implicit)
         metrics = {"explicit": explicit.detach().mean(), "implicit": implicit.detach().mean(),
                    "weight": w.mean()}
-        return LossTerm(loss, anchor=s.logits, metrics=metrics)
+        return TeacherLoss(loss, anchor=s.logits, metrics=metrics)

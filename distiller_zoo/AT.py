@@ -16,18 +16,22 @@ Spatial sizes: where a pair of maps differs, the larger map is average-pooled
 RepDistiller does (the student map is pooled when it is larger; the detached teacher map when the
 teacher's is larger). Channel counts may differ: the attention map averages them out.
 
-Layer pairing (``--feat_pairing``, shared with ``nst`` and ``kdsvd``):
-  ``last`` (default): the last ``min(L_s, L_t)`` maps of each network, in order;
-  ``first``: the first ``min(L_s, L_t)`` (RepDistiller's ``zip(feat_s[1:-1], feat_t[1:-1])``);
+Layer pairing (``--feat_pairing``, shared with ``nst``, ``kdsvd``, ``vid`` and ``abound``):
+  ``first`` (default): the first ``min(L_s, L_t)`` maps of each network, in order: RepDistiller's
+  ``zip(feat_s[1:-1], feat_t[1:-1])``, so RepDistiller's command lines give RepDistiller's losses
+  and the published tables (CRD's, and the CA-MKD and logit-standardization tables built on
+  RepDistiller) are reproduced with it, cross-architecture pairs included;
+  ``last``: the last ``min(L_s, L_t)`` maps of each network, in order;
   ``resolution``: at every spatial size both networks have, the deepest map of each
   (the paper's rule: transfer where the resolutions agree).
-``last`` and ``first`` coincide whenever both networks report the same number of maps, which is
-the case for every pair in RepDistiller's tables (e.g. resnet32x4/resnet8x4, vgg13/MobileNetV2,
-ResNet50/vgg8, resnet32x4/ShuffleV1), so the published numbers do not depend on the choice. We
-default to ``last`` because it always reads the student's last map: the ``anchor`` (the deepest
-student map used, where AEKD takes its gradient) is then the same tensor for every teacher, which
-AEKD needs when teachers of different families are mixed. Under ``first``/``resolution`` the
-anchor may be a different map for different teachers, and AEKD cannot compare such gradients.
+``last`` and ``first`` coincide whenever both networks report the same number of maps (same-family
+pairs such as resnet32x4/resnet8x4); they differ for cross-architecture pairs with unequal counts
+(e.g. vgg8 from resnet32x4). ``last`` always reads the student's last map when the student has
+more maps than a teacher: the ``anchor`` (the deepest student map used, where AEKD takes its
+gradient) is then the same tensor for every teacher, which AEKD needs when teachers of different
+families with fewer maps than the student are mixed. Under ``first``/``resolution`` the anchor may
+then be a different map for different teachers, and AEKD cannot compare such gradients (use
+``last`` there).
 """
 from __future__ import annotations
 
@@ -40,18 +44,19 @@ from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import average_pool_to, full_precision, no_autocast
 from .registry import register_distiller
 
-PAIRINGS = ("last", "first", "resolution")
+PAIRINGS = ("first", "last", "resolution")
 
 
 def add_pairing_argument(parser):
-    add_argument_once(parser, "--feat_pairing", type=str, default="last", choices=PAIRINGS,
+    add_argument_once(parser, "--feat_pairing", type=str, default="first", choices=PAIRINGS,
                       help="how the intermediate maps feats[1:-1] of student and teacher are paired "
-                           "(attention, nst, kdsvd): the last min(Ls, Lt) (default), the first "
-                           "min(Ls, Lt) (RepDistiller's zip), or the deepest map at each shared resolution")
+                           "(attention, nst, kdsvd, vid, abound): the first min(Ls, Lt) (default, "
+                           "RepDistiller's zip: reproduces the published tables), the last min(Ls, Lt), "
+                           "or the deepest map at each shared resolution")
 
 
 def pair_feature_maps(s_shapes: Sequence[tuple[int, ...]], t_shapes: Sequence[tuple[int, ...]],
-                      rule: str = "last") -> list[tuple[int, int]]:
+                      rule: str = "first") -> list[tuple[int, int]]:
     """Pairs ``(student feature index, teacher feature index)`` among the maps of ``feats[1:-1]``,
     shallow to deep, by ``rule`` (see the module docstring)."""
     s_idx = [i for i in range(1, len(s_shapes) - 1) if len(s_shapes[i]) == 3]

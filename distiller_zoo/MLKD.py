@@ -3,49 +3,49 @@
 Every batch is seen in two views, the weak one (crop + flip, the loader's first view) and the
 strong one (``views = ("strong",)``: crop + flip + RandAugment + Cutout, ``dataset.augment``'s
 'strong'); the step trains the student's classifier on both (CE summed over the views) and hands
-this loss the strong-view outputs in ``batch.view_outputs[0]``. For each view and each temperature
-of the prediction augmentation, ``T in (T0, 3, 5, 2, 6)`` with ``T0 = --kd_T`` (``--base-temp``
-under ``--logit-stand``), three alignments of ``p = softmax(z / T)``:
+this loss the strong-view outputs in ``batch.view_outputs[0]``. Temperatures of the prediction
+augmentation: ``T in (T0, 3, 5, 2, 6)`` with ``T0 = --kd_T`` (``--base-temp`` under
+``--logit-stand``); ``p = softmax(z / T)``. What enters the loss is what the authors' code
+(``KD_ours.forward_train``, the code behind the published numbers) adds up:
 
-- instance level: ``T^2 * KL(p_t || p_s)`` per sample (KD's per-sample loss);
-- batch level (input correlation): the ``B x B`` Gram matrices ``G = p p^T``,
+- instance level, weak view: ``T^2 * KL(p_t || p_s)`` per sample at the five temperatures, masked
+  by the teacher-confidence mask;
+- instance level, "strong" sum: the strong view at ``T0``, 3 and 5, and the *weak* view at 2 and 6
+  (as the authors' code reads them), unmasked;
+- batch level (input correlation), weak view only: the ``B x B`` Gram matrices ``G = p p^T``,
   ``||G_t - G_s||_F^2 / B``; sample i carries row i, ``sum_j (G_t - G_s)[i, j]^2``, so the batch mean
-  is the batch-level loss;
-- class level (category correlation): the ``C x C`` matrices ``M = p^T p``,
-  ``||M_t - M_s||_F^2 / C``; a batch-level quantity, so every sample carries the batch value.
+  is the batch-level loss; masked by the sample mask;
+- class level (category correlation), weak view only: the ``C x C`` matrices ``M = p^T p``,
+  ``||M_t - M_s||_F^2 / C`` over the columns the class mask keeps; a batch-level quantity, so every
+  sample carries the batch value.
 
-Both correlation losses are the paper's; their size depends on batch and class count: with
-confident predictions the batch level grows like ``B / C`` and the class level like ``(B / C)^2``
-(``M``'s diagonal holds about ``B / C``), i.e. about 0.4 at CIFAR-100's B = 64, C = 100 and 100
-times more with 10 classes at the same batch; on data sets with few classes use a smaller batch or
-a smaller ``-a``.
+The authors' code computes strong-view batch- and class-level terms but never adds them to the
+loss; an earlier version of this module added them, and with the strong instance term at T = 2, 6
+reading strong logits it tripled the label-blind class-level pull: on digits (10 classes) the
+student's cross-entropy rose above chance and MLKD did not train (issue 16). Loss weights: the
+authors' CE 0.1 and KD 0.9 (mdistiller's ``CFG.KD.LOSS``, which MLKD's CIFAR-100 configs keep):
+``configure`` sets ``-r 0.1 -a 0.9`` unless given; ``-a`` multiplies every term.
+
+The correlation losses' size depends on batch and class count: with confident predictions the batch
+level grows like ``B / C`` and the class level like ``(B / C)^2`` (``M``'s diagonal holds about
+``B / C``), i.e. about 0.4 at CIFAR-100's B = 64, C = 100 and 100 times more with 10 classes at the
+same batch.
 
 Confidence masks, from the teacher's weak-view softmax at temperature 1 (raw logits), as the
 reference defines them: a sample is kept when the teacher's top probability is at most the batch
 median (``torch.quantile``, linear interpolation, as ``np.percentile``); a class is kept when its
-probability summed over the batch is at most the median over classes. The sample mask applies to
-the weak instance and both batch-level terms, the class mask to the weak class-level term; the
-strong instance and class-level terms are unmasked (as the reference). Every term is summed with
-weight 1; ``-a`` (the reference's KD weight, which multiplies every term) weighs the whole loss.
+probability summed over the batch is at most the median over classes.
 
-Choices where the reference code (mdistiller's MLKD, also in the logit-standardization code)
-deviates from the paper; we follow the paper:
-
-- the reference multiplies an already batch-averaged loss by the sample mask and averages again,
-  so its mask only rescales the loss by the kept fraction (~0.5); here the mask selects samples
-  (masked per-sample losses, averaged over the whole batch) and the class mask selects columns of
-  the class-correlation difference;
-- the reference's strong instance term feeds the *weak* logits at ``T = 2`` and ``T = 6``; here
-  every strong term reads strong-view logits;
-- the reference computes the strong-view class- and batch-level terms but never adds them to the
-  loss; here they are added.
+Where we deliberately differ from the reference: it multiplies an already batch-averaged loss by
+the sample mask and averages again, so its mask only rescales the loss by the kept fraction
+(~0.5); here the mask selects samples (masked per-sample losses, averaged over the whole batch) and
+the class mask selects columns of the class-correlation difference (the paper's reading).
 
 ``--logit-stand`` (Sun et al., CVPR 2024) standardizes the logits of the instance-level terms only,
 as the authors' code does (the correlation terms use raw logits), and ``configure`` sets ``-a`` to
-``--kd-weight`` and ``-r`` to 0.1 unless given (authors: 9 and 0.1). Without it the paper's
-CIFAR-100 weights are CE 0.1 and KD 0.9 (pass ``-r 0.1 -a 0.9``; scripts/run_logit_stand.sh).
-With several teachers, each teacher's masks come from its own logits. For AEKD the gradient is
-taken at the weak-view student logits (the term's anchor).
+``--kd-weight`` and ``-r`` to 0.1 unless given (authors: 9 and 0.1). With several teachers, each
+teacher's masks come from its own logits. For AEKD the gradient is taken at the weak-view student
+logits (the term's anchor).
 """
 from __future__ import annotations
 
@@ -55,11 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Distiller, LossTerm
+from .base import Distiller, TeacherLoss
 from .KD import as_float, kd_loss, kd_temperature, logit_stand_weights
 from .registry import register_distiller
 
 EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
+MLKD_CE_WEIGHT, MLKD_KD_WEIGHT = 0.1, 0.9      # the authors' CE and KD weights (mdistiller cfg)
 
 
 def mlkd_temperatures(T0: float) -> tuple:
@@ -105,18 +106,23 @@ def class_correlation_loss(s: Tensor, t: Tensor, T: float, class_mask: Optional[
     return diff.sum() / s.shape[1]
 
 
+STRONG_VIEW_TEMPERATURES = 3   # the "strong" instance sum reads the strong view at the first three
+
+
 def mlkd_terms(s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tensor,
                temperatures: Sequence[float], logit_stand: bool = False) -> Dict[str, Tensor]:
-    """MLKD's three levels, each per sample ``[B]`` and summed over the temperatures and both
-    views (see the module docstring for masks and choices): ``instance``, ``batch``, ``class``."""
+    """MLKD's three levels, each per sample ``[B]`` and summed over the temperatures (see the
+    module docstring for the views, masks and choices): ``instance``, ``batch``, ``class``."""
     mask = confidence_mask(t_weak).to(as_float(s_weak).dtype)
     cmask = class_confidence_mask(t_weak)
     B = s_weak.shape[0]
     ins = bc = cc = 0
-    for T in temperatures:
-        ins = ins + mask * kd_loss(s_weak, t_weak, T, logit_stand) + kd_loss(s_strong, t_strong, T, logit_stand)
-        bc = bc + mask * (batch_correlation_loss(s_weak, t_weak, T) + batch_correlation_loss(s_strong, t_strong, T))
-        cc = cc + class_correlation_loss(s_weak, t_weak, T, cmask) + class_correlation_loss(s_strong, t_strong, T)
+    for k, T in enumerate(temperatures):
+        # the authors' "strong" instance sum: strong view at T0, 3, 5; weak view (unmasked) at 2, 6
+        s_v, t_v = (s_strong, t_strong) if k < STRONG_VIEW_TEMPERATURES else (s_weak, t_weak)
+        ins = ins + mask * kd_loss(s_weak, t_weak, T, logit_stand) + kd_loss(s_v, t_v, T, logit_stand)
+        bc = bc + mask * batch_correlation_loss(s_weak, t_weak, T)
+        cc = cc + class_correlation_loss(s_weak, t_weak, T, cmask)
     return {"instance": ins, "batch": bc, "class": cc.expand(B)}
 
 
@@ -135,11 +141,18 @@ class MLKD(Distiller):
 
     @classmethod
     def configure(cls, args, given):
-        return logit_stand_weights(args, given, "MLKD")
+        if args.logit_stand:
+            return logit_stand_weights(args, given, "MLKD")
+        notes = []
+        for flag, name, value in (("gamma", "-r", MLKD_CE_WEIGHT), ("alpha", "-a", MLKD_KD_WEIGHT)):
+            if flag not in given:
+                setattr(args, flag, value)
+                notes.append(f"{name} {value}")
+        return [f"MLKD: the authors' weights {', '.join(notes)} (CE 0.1, KD 0.9)"] if notes else []
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.logit_stand = bool(getattr(ctx.opt, "logit_stand", False))
+        self.logit_stand = bool(ctx.opt.logit_stand)
         self.temperatures = mlkd_temperatures(kd_temperature(ctx.opt))
 
     def forward(self, s, t, batch):
@@ -152,4 +165,4 @@ class MLKD(Distiller):
                            self.logit_stand)
         loss = terms["instance"] + terms["batch"] + terms["class"]
         metrics = {name: value.detach().mean() for name, value in terms.items()}
-        return LossTerm(loss, anchor=s.logits, metrics=metrics)
+        return TeacherLoss(loss, anchor=s.logits, metrics=metrics)

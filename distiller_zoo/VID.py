@@ -22,9 +22,8 @@ Per sample: the mean over ``(C, H, W)`` of each layer's negative log-likelihood 
 
 Deliberate differences from RepDistiller:
 - Unequal layer counts (e.g. a vgg teacher with 4 maps in ``feats[1:-1]`` and a resnet student
-  with 3): RepDistiller's ``zip`` pairs the first ``min(L_s, L_t)`` (``--feat_pairing first``);
-  here the toolkit's shared ``--feat_pairing`` rule decides. Every pair in RepDistiller's tables
-  has equal counts, where all rules but ``resolution`` coincide.
+  with 3): RepDistiller's ``zip`` pairs the first ``min(L_s, L_t)``, which is the toolkit's
+  default (``--feat_pairing first``); ``last`` and ``resolution`` are alternatives.
 - Pooling to the smaller map uses its actual ``(H, W)``, not ``(H, H)`` (same for square maps).
 - The likelihood is computed in float32 with autocast off (logarithms, divisions).
 - ``anchor`` (for AEKD's gradients) is the student's first intermediate map ``feats[1]`` under

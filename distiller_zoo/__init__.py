@@ -12,7 +12,7 @@ import pkgutil as _pkgutil
 
 from .registry import CLASSIFICATION_LOSSES, DISTILLERS, ENSEMBLES  # noqa: F401
 from .base import (Batch, BuildContext, Distiller, EnsembleInputs, EnsembleStrategy,  # noqa: F401
-                   LossTerm, NetOutput, TeacherLoss, combine)
+                   NetOutput, TeacherLoss, combine)
 from .KD import kd_loss, standardize  # noqa: F401
 from .DKD import dkd_loss  # noqa: F401
 from .defaults import default_options  # noqa: F401

@@ -53,6 +53,7 @@ class BuildContext:
     num_teachers: int = 1
     student: Optional[nn.Module] = None
     teacher: Optional[nn.Module] = None
+    shared: dict = field(default_factory=dict)  # one dict per term: objects its distillers share
 
 
 @dataclass
@@ -66,7 +67,6 @@ class TeacherLoss:
     metrics: dict = field(default_factory=dict)
 
 
-LossTerm = TeacherLoss      # the old name; MLKD.py and AEKT.py (issue 16's files) still use it
 
 
 def add_argument_once(parser: argparse.ArgumentParser, *flags, **kwargs):

@@ -233,10 +233,11 @@ def build_terms(args, student: nn.Module, teachers: TeacherEnsemble, num_classes
     M = len(teachers)
 
     def make(cls):
+        shared = {}                            # the term's distillers share it (AEKT's shared layer)
         return [cls(BuildContext(opt=args, student_shapes=s_shapes, teacher_shapes=t_shapes[m],
                                  num_classes=num_classes, num_data=num_data, train_labels=train_labels,
-                                 teacher_index=m,
-                                 num_teachers=M, student=student, teacher=teachers.models[m]))
+                                 teacher_index=m, num_teachers=M, student=student,
+                                 teacher=teachers.models[m], shared=shared))
                 for m in range(M)]
 
     return nn.ModuleList([DistillTerm(spec, make(DISTILLERS[spec.loss]), ENSEMBLES[spec.ensemble](args))

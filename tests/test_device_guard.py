@@ -15,7 +15,7 @@ import dataset
 import train_student
 from dataset.augment import AUGMENTATIONS
 from distiller_zoo import DISTILLERS, ENSEMBLES
-from distiller_zoo.base import LossTerm
+from distiller_zoo.base import TeacherLoss
 from distiller_zoo.registry import register_distiller
 from distiller_zoo.routing import MODES
 from helper import spot_adaptive
@@ -229,7 +229,7 @@ def test_a_distiller_that_adds_a_cpu_tensor_fails_the_guard():
 
         def forward(self, s, t, batch):
             result = super().forward(s, t, batch)
-            return LossTerm(per_sample=result.per_sample + torch.zeros(result.per_sample.shape[0]),
+            return TeacherLoss(per_sample=result.per_sample + torch.zeros(result.per_sample.shape[0]),
                             confidence_logits=result.confidence_logits, anchor=result.anchor,
                             anchor_grad=result.anchor_grad)
 

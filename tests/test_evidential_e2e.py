@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train_teacher
-from conftest import run_student
+from conftest import assert_generalises_like_kd, run_student
 from dataset import build_loaders
 from distiller_zoo import ensemble_weights
 from distiller_zoo.ensembles.evidential import evidence_shares
@@ -21,6 +21,7 @@ from models import model_dict
 from models.checkpoint import load_model
 
 FAST = ["--epochs", "4", "--lr_decay_epochs", "3", "--batch_size", "32"]
+KD_ONE_TEACHER = ("--distill", "kd", *FAST)      # the reference; shared with test_logit_family_e2e
 
 
 @pytest.fixture
@@ -48,10 +49,11 @@ def teacher_test_logits(paths):
 
 
 @pytest.mark.slow
-def test_ekd_trains_far_above_chance(save_dir):
+def test_ekd_trains_far_above_chance(save_dir, shared_runs):
     code, run_dir, metrics = run_student(save_dir, "--distill", "ekd", *FAST)
     assert code == 0
     assert metrics[-1]["test_acc"] > 50.0                     # 10 classes: chance is 10%
+    assert_generalises_like_kd(metrics, shared_runs(*KD_ONE_TEACHER)[2], "ekd")
     with open(os.path.join(run_dir, "args.json")) as f:
         args = json.load(f)
     assert (args["gamma"], args["alpha"], args["ekd_w_kd"], args["ekd_w_dir"]) == (0.0, 1.0, 4.5, 4.5)
@@ -60,10 +62,11 @@ def test_ekd_trains_far_above_chance(save_dir):
 
 
 @pytest.mark.slow
-def test_aekt_trains_far_above_chance_and_checkpoints_its_layer(save_dir):
+def test_aekt_trains_far_above_chance_and_checkpoints_its_layer(save_dir, shared_runs):
     code, run_dir, metrics = run_student(save_dir, "--distill", "aekt", *FAST)
     assert code == 0
     assert metrics[-1]["test_acc"] > 50.0
+    assert_generalises_like_kd(metrics, shared_runs(*KD_ONE_TEACHER)[2], "aekt")
     ckpt = torch.load(os.path.join(run_dir, "resnet8_last.pth"), map_location="cpu", weights_only=True)
     deltas = [v for k, v in ckpt["extra"]["distill"].items() if k.endswith("layer.delta")]
     assert len(deltas) == 1 and deltas[0].abs().sum() > 0   # trained, saved for --resume
@@ -72,11 +75,13 @@ def test_aekt_trains_far_above_chance_and_checkpoints_its_layer(save_dir):
 
 
 @pytest.mark.slow
-def test_evidential_pool_with_kd_trains_far_above_chance(save_dir):
+def test_evidential_pool_with_kd_trains_far_above_chance(save_dir, shared_runs):
     code, _, metrics = run_student(save_dir, "--teacher_num", "3", "--ensemble_method", "EVIDENTIAL",
                                          "--distill", "kd", *FAST)
     assert code == 0
     assert metrics[-1]["test_acc"] > 50.0
+    # against plain KD from one teacher: three pooled teachers must do at least about as well
+    assert_generalises_like_kd(metrics, shared_runs(*KD_ONE_TEACHER)[2], "kd --ensemble_method EVIDENTIAL")
     assert metrics[-1]["weight_kd_t0"] == pytest.approx(1.0)   # one pooled target per step
 
 

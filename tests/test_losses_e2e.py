@@ -1,6 +1,7 @@
 """End to end: every registered ``--distill`` loss trains a student on digits with two of the
 session's teachers, under AVERAGE_LOSS and under CAMKD (connector init stage included where the
-loss has one), with a finite training loss that goes down.
+loss has one), with a finite training loss that goes down, and a test accuracy close to plain KD's
+in the same setting (a loss that trains but does not generalise fails here).
 
 Two epochs of batch 128 (12 steps each on digits' 1,442 training images): a run costs about two
 passes over the data (three with an init stage), which keeps the ~40 runs of this test near three
@@ -13,7 +14,7 @@ import torch
 
 from distiller_zoo import DISTILLERS
 
-from conftest import run_student
+from conftest import assert_generalises_like_kd, run_student
 
 METHODS = ["AVERAGE_LOSS", "CAMKD"]
 EPOCHS = 2
@@ -48,15 +49,37 @@ def beta_for(name):
     return cls.default_weight if cls.default_weight is not None else 1.0
 
 
+def run_args(name, method):
+    return ("--distill", name, "--ensemble_method", method, "--teacher_num", "2", "--epochs", str(EPOCHS),
+            "--batch_size", "128", "--init_epochs", "1", "--beta_delay_epochs", "0", "--lr_decay_epochs", "100",
+            "-b", str(beta_for(name)), "--skip_validation", *SETTINGS.get(name, []))
+
+
+# Known defects the generalisation check catches, with the issue that tracks them.
+KNOWN_BAD = {
+    # issue 16: AEKT's student's BatchNorm running statistics do not match its weights (test top-1
+    # 7.0 vs KD's 22.8 here; recalibrating the statistics restores it), cause not yet found.
+    ("aekt", "AVERAGE_LOSS"): "issue 16: AEKT students do not generalise (BN running statistics)",
+}
+
+
+def cases():
+    for method in METHODS:
+        for name in sorted(DISTILLERS):
+            reason = KNOWN_BAD.get((name, method))
+            marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
+            yield pytest.param(name, method, marks=marks, id=f"{name}-{method}")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("name", sorted(DISTILLERS))
-def test_every_loss_trains_a_student_end_to_end(student_save_dir, name, method):
+@pytest.mark.parametrize("name, method", list(cases()))
+def test_every_loss_trains_a_student_end_to_end(student_save_dir, shared_runs, name, method):
     beta = beta_for(name)
-    code, run_dir, metrics = run_student(
-        student_save_dir, "--distill", name, "--ensemble_method", method, "--teacher_num", "2",
-        "--epochs", str(EPOCHS), "--batch_size", "128", "--init_epochs", "1", "--beta_delay_epochs", "0",
-        "--lr_decay_epochs", "100", "-b", str(beta), "--skip_validation", *SETTINGS.get(name, []))
+    kd = shared_runs(*run_args("kd", method))           # the reference: the kd case's own run
+    if name == "kd":
+        code, run_dir, metrics = kd
+    else:
+        code, run_dir, metrics = run_student(student_save_dir, *run_args(name, method))
     run = f"--distill {name} --ensemble_method {method}"
     assert code == 0, f"{run}: exit code {code}"
     losses = [m["train_loss"] for m in metrics if "train_loss" in m]
@@ -74,3 +97,4 @@ def test_every_loss_trains_a_student_end_to_end(student_save_dir, name, method):
         assert rest[-1] < rest[0], f"{run}: training loss without the {name} term {rest}"
     else:
         assert losses[-1] < losses[0], f"{run}: training loss {losses}"
+    assert_generalises_like_kd(metrics, kd[2], run)

@@ -111,6 +111,18 @@ def test_vid_value(pairing, pairs):
     assert term.per_layer.shape == (3, B) and term.anchor is s.feats[1]
 
 
+
+@pytest.mark.parametrize("name", ["attention", "nst", "kdsvd", "vid", "abound"])
+def test_default_feat_pairing_is_repdistillers_zip(name):
+    """Without --feat_pairing, a cross-architecture pair (the teacher has one more map) is paired as
+    RepDistiller's ``zip(feat_s[1:-1], feat_t[1:-1])``: the first min(Ls, Lt) maps."""
+    t_shapes = S_SHAPES[:-1] + [(5, 2, 2), (9,)]         # equal channels where zip pairs (kdsvd)
+    opt = options(name)
+    assert opt.feat_pairing == "first"
+    d = DISTILLERS[name](context(S_SHAPES, t_shapes, opt))
+    zipped = list(zip(range(1, len(S_SHAPES) - 1), range(1, len(t_shapes) - 1)))
+    assert d.pairs == zipped == [(1, 1), (2, 2), (3, 3)]
+
 def ab_reference(connected, targets, B, margin=1.0):
     L = len(connected)
     total = 0.0

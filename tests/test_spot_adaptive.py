@@ -148,10 +148,14 @@ def test_spots_follow_where_each_loss_reads(distill, spots):
     assert len(task.router.hints) == len(spots) - 1
 
 
-def test_heterogeneous_spots_pair_each_network_own_index():
-    task = make_task("attention", archs=("resnet8",), student="vgg8")      # 4 student maps, 3 teacher maps
-    assert [(s.student, s.teachers) for s in task.router.plan.spots] == [(2, (1,)), (3, (2,)), (4, (3,)),
-                                                                          (OUTPUT, (OUTPUT,))]
+@pytest.mark.parametrize("pairing, spots", [
+    ("first", [(1, (1,)), (2, (2,)), (3, (3,))]),                        # the default: RepDistiller's zip
+    ("last", [(2, (1,)), (3, (2,)), (4, (3,))]),
+])
+def test_heterogeneous_spots_pair_each_network_own_index(pairing, spots):
+    task = make_task("attention", archs=("resnet8",), student="vgg8",      # 4 student maps, 3 teacher maps
+                     feat_pairing=pairing)
+    assert [(s.student, s.teachers) for s in task.router.plan.spots] == spots + [(OUTPUT, (OUTPUT,))]
 
 
 def test_same_family_follows_the_reference_homo_configs():

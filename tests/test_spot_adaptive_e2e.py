@@ -9,9 +9,18 @@ import torch
 from helper.spot_adaptive import SpotAdaptiveTask
 from models import model_dict
 
-from conftest import BIT_IDENTICAL, Interrupt, assert_same_checkpoints, dies_at_step, read_metrics, run_student
+from conftest import (BIT_IDENTICAL, Interrupt, assert_generalises_like_kd, assert_same_checkpoints, dies_at_step,
+                      read_metrics, run_student)
 
 FAST = ["--epochs", "3", "--batch_size", "32", "--lr_decay_epochs", "100", "--skip_validation"]
+
+
+# The kd runs are the references of the attention runs with as many teachers (same flags but the loss).
+KD_RUNS = {1: ("kd", ["--policy_homo", "no"]), 3: ("kd", ["--ensemble_method", "CAMKD"])}
+
+
+def spot_args(distill, teachers, extra):
+    return ("--spot_adaptive", "--distill", distill, "--teacher_num", str(teachers), *extra, *FAST)
 
 
 @pytest.mark.slow
@@ -21,13 +30,18 @@ FAST = ["--epochs", "3", "--batch_size", "32", "--lr_decay_epochs", "100", "--sk
     ("attention", 3, ["--ensemble_method", "CAMKD"]),
     ("kd", 3, ["--ensemble_method", "CAMKD"]),
 ])
-def test_spot_adaptive_trains_a_student_and_the_policy(student_save_dir, distill, teachers, extra):
-    code, run_dir, metrics = run_student(student_save_dir, "--spot_adaptive", "--distill", distill,
-                                         "--teacher_num", str(teachers), *extra, *FAST)
+def test_spot_adaptive_trains_a_student_and_the_policy(student_save_dir, shared_runs, distill, teachers, extra):
+    kd_name, kd_extra = KD_RUNS[teachers]
+    kd = shared_runs(*spot_args(kd_name, teachers, kd_extra))        # the kd case's own run
+    if distill == "kd":
+        code, run_dir, metrics = kd
+    else:
+        code, run_dir, metrics = run_student(student_save_dir, *spot_args(distill, teachers, extra))
     assert code == 0
     assert run_dir.endswith("_spot-adaptive")
     # 10 classes: chance is 10%; three short epochs of batch 32 reach 50-70% here
     assert max(m["test_acc"] for m in metrics) > 40.0, [m["test_acc"] for m in metrics]
+    assert_generalises_like_kd(metrics, kd[2], f"--spot_adaptive --distill {distill}, {teachers} teacher(s)")
     spots = ["out"] if distill == "kd" else ["f1", "f2", "f3", "out"]
     keys = [f"spot_{s}" for s in spots]
     if teachers > 1:
