@@ -20,7 +20,7 @@ import torch
 from dataset import DataError, add_data_arguments, loaders_from_args
 import distiller_zoo.defaults
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
-from helper import distributed
+from helper import cuda_graphs, distributed
 from helper.checkpoint import ResumeError
 from helper import spot_adaptive
 from helper.distill import StudentTask, build_terms, objective_losses, parse_distill, resolve_objective, run_init_stage
@@ -81,6 +81,7 @@ def build_parser():
 
     add_data_arguments(parser)
     add_optimization_arguments(parser)
+    cuda_graphs.add_arguments(parser)
     add_run_arguments(parser)
     return parser
 
@@ -100,6 +101,8 @@ def parse_args(argv=None):
         fail(parser, f"--model_s {args.model_s!r} is not a zoo model; expected one of: {', '.join(sorted(model_dict))}")
     imagenet = args.dataset == "imagenet"
     validate_common(parser, args, default_lr=get_model_cfg(args.model_s, imagenet).default_lr)
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        fail(parser, f"--eval_batch_size must be a positive integer, got {args.eval_batch_size}")
     if args.teachers and args.path_t:
         fail(parser, "give teachers either by --teachers NAME or by --path_t PATH, not both")
     given = len(args.teachers or args.path_t or [])
@@ -196,6 +199,7 @@ def run(parser, args, ctx):
     views = ("standard",) + tuple(dict.fromkeys(v for cls in loss_classes for v in cls.views if v != "standard"))
     try:
         loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
+                                    test_batch_size=cuda_graphs.eval_batch_size(args),
                                     with_index=any(cls.needs_index for cls in loss_classes), views=views,
                                     rank=ctx.rank, world_size=ctx.world_size)
         spec = loaders.spec
@@ -268,6 +272,7 @@ def train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weigh
         run_init_stage(task, loaders.train, args, run.info)
     optimizer = torch.optim.SGD(task.trainable().parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
+    optimizer = cuda_graphs.install(task, optimizer, args, run.info, distributed=ctx.enabled)
     meta = {"arch": args.model_s, "num_classes": spec.num_classes, "dataset": spec.name, "trial": args.trial,
             "distill": args.distill, "ensemble_method": args.ensemble_method, "seed": seed,
             "teachers": teachers.names, "teacher_archs": [m.arch for m in teacher_models]}

@@ -20,7 +20,7 @@ from dataset import DataError, add_data_arguments, loaders_from_args
 from distiller_zoo.registry import CLASSIFICATION_LOSSES
 from helper.checkpoint import ResumeError
 from helper.loop import ClassifierTask, NonFiniteLoss, fit
-from helper import distributed
+from helper import cuda_graphs, distributed
 from helper.distributed import DistContext
 from helper.manifest import add_teacher, entry_name, manifest_path
 from helper.options import (OneLineParser, add_optimization_arguments, add_run_arguments, configure_backend,
@@ -41,6 +41,7 @@ def build_parser():
                              "overrides --trial")
     add_data_arguments(parser)
     add_optimization_arguments(parser)
+    cuda_graphs.add_arguments(parser)
     add_run_arguments(parser)
     return parser
 
@@ -69,6 +70,8 @@ def parse_args(argv=None):
         fail(parser, f"--model {args.model!r} is not a {'ImageNet' if imagenet else 'CIFAR-sized'} model; "
                      f"expected one of: {', '.join(sorted(table))}")
     validate_common(parser, args, default_lr=get_model_cfg(args.model, imagenet).default_lr)
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        fail(parser, f"--eval_batch_size must be a positive integer, got {args.eval_batch_size}")
     args.trial_list = parse_trials(parser, args)
     return args
 
@@ -84,6 +87,7 @@ def train_one(args, trial: str, ctx: DistContext):
     seed = trial_seed(args.seed, trial)
     torch.manual_seed(seed)
     loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
+                                test_batch_size=cuda_graphs.eval_batch_size(args),
                                 rank=ctx.rank, world_size=ctx.world_size)
     spec = loaders.spec
     model = build_model(args.model, spec.num_classes, imagenet=args.dataset == "imagenet")
@@ -97,6 +101,7 @@ def train_one(args, trial: str, ctx: DistContext):
         task.compile(run.info)
     optimizer = torch.optim.SGD(task.model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
+    optimizer = cuda_graphs.install(task, optimizer, args, run.info, distributed=ctx.enabled)
     run.write_config(dict(vars(args), trial=trial, seed_used=seed),
                      dict(environment_info(args.device), seed=seed, trial=trial))
     run.info(f"==> teacher {args.model} on {spec.name} ({spec.num_classes} classes, {spec.num_train} train / "

@@ -62,10 +62,13 @@ def test_resume_gives_bit_identical_weights(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert train_teacher.main(args + ["--save_dir", a]) == 0
 
+    # run b also takes the step as restructured for CUDA graphs (static buffers, device-tensor lr,
+    # float lr in the checkpoint): bit-identical to run a's plain step, across the resume
+    static = ["--cuda_graphs", "static"]
     with dies_at_step(ClassifierTask, epoch=3, step=4), pytest.raises(Interrupt):
-        train_teacher.main(args + ["--save_dir", b])
+        train_teacher.main(args + static + ["--save_dir", b])
     assert _final_state(b)["epoch"] == 2                       # the last good checkpoint stays
-    assert train_teacher.main(args + ["--save_dir", b, "--resume"]) == 0
+    assert train_teacher.main(args + static + ["--save_dir", b, "--resume"]) == 0
 
     sa, sb = _final_state(a), _final_state(b)
     assert sb["epoch"] == 3
