@@ -71,9 +71,13 @@ def eval_batch_size(args) -> int:
 class DeviceLRSGD(torch.optim.SGD):
     """``torch.optim.SGD`` whose learning rate is a 0-dim tensor on the parameters' device.
 
-    Why not plain SGD with ``lr=Tensor``: torch (checked in 2.13's ``torch/optim/sgd.py``; a tensor
-    ``lr`` is accepted since 2.2) applies it as ``add_(grad, alpha=-lr)``, which reads the tensor on
-    the host (a synchronisation that a CUDA graph cannot capture) unless under ``torch.compile``.
+    Why not plain SGD with ``lr=Tensor``: torch (checked in 2.13's ``torch/optim/sgd.py``) accepts a
+    1-element tensor lr but applies it as ``add_(grad, alpha=-lr)`` (foreach and single-tensor
+    paths alike, unless the lr requires grad or under ``torch.compile``), which reads the tensor on
+    the host: a synchronisation that a CUDA graph cannot capture. This class relies on no torch
+    version's tensor-lr support: it is built with a float lr, then each group's lr becomes a
+    tensor that only this ``step`` reads (``addcmul_`` with a 0-dim tensor and the ``Optimizer``
+    API it uses are in every torch >= 2.0; the project's floor is 2.4).
     This step is torch's single-tensor SGD (the CPU default) with the update written
     ``param.addcmul_(d_p, lr, value=-1)``, torch's own form for a tensor lr: on the CPU it gives
     the same bits as ``add_(d_p, alpha=-lr)`` (both fused multiply-adds; tested). Momentum,
@@ -83,10 +87,9 @@ class DeviceLRSGD(torch.optim.SGD):
     """
 
     def __init__(self, params, lr: float, device, **kw):
-        super().__init__(params, lr=torch.tensor(float(lr), dtype=torch.float32, device=device), **kw)
+        super().__init__(params, lr=float(lr), **kw)
         for group in self.param_groups:      # one tensor per group, written in place by set_lr
-            if not isinstance(group["lr"], Tensor):
-                group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
 
     @classmethod
     def from_sgd(cls, optimizer: torch.optim.SGD, device) -> "DeviceLRSGD":
