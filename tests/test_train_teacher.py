@@ -109,6 +109,8 @@ def test_non_finite_loss_stops_cleanly(tmp_path, monkeypatch, capsys):
     (["--trials", "0,0"], "--trials"),
     (["--dataset", "mnist"], "--dataset"),
     (["--device", "tpu"], "--device"),
+    (["--eval_batch_size", "0"], "--eval_batch_size must be a positive integer"),
+    (["--cuda_graphs", "warp"], "--cuda_graphs"),
 ])
 def test_bad_flags_give_one_line_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
