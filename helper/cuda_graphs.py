@@ -151,6 +151,8 @@ def capture_blockers(task, optimizer, args, scaler=None, distributed: bool = Fal
         reasons.append(f"device {args.device} is not CUDA")
     if scaler is not None or _needs_scaler(args):
         reasons.append("the fp16 gradient scaler reads the host each step")
+    if getattr(args, "compile", False):
+        reasons.append("--compile is not combined with a hand-made capture (--cuda_graphs compile does both)")
     if distributed:
         reasons.append("DistributedDataParallel under torchrun is not captured here")
     if not isinstance(optimizer, DeviceLRSGD):

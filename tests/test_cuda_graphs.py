@@ -149,6 +149,7 @@ def test_uncapturable_losses_and_routing_are_named(monkeypatch):
     assert any("SGD only" in r for r in capture_blockers(
         task, torch.optim.Adam(task.trainable().parameters()), cuda))
     assert capture_blockers(task, opt, argparse.Namespace(device="cpu"))[0] == "device cpu is not CUDA"
+    assert any("--compile" in r for r in capture_blockers(task, opt, argparse.Namespace(device="cuda", compile=True)))
 
 
 def test_eval_batch_size_default_keeps_cpu_batches():
