@@ -20,7 +20,7 @@ import torch
 from dataset import DataError, add_data_arguments, loaders_from_args
 import distiller_zoo.defaults
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
-from helper import distributed
+from helper import cuda_graphs, distributed
 from helper.checkpoint import ResumeError, load_for_resume
 from helper import spot_adaptive
 from helper.distill import StudentTask, build_terms, objective_losses, parse_distill, resolve_objective, run_init_stage
@@ -92,6 +92,7 @@ def build_parser():
 
     add_data_arguments(parser)
     add_optimization_arguments(parser)
+    cuda_graphs.add_arguments(parser)
     add_run_arguments(parser)
     return parser
 
@@ -116,6 +117,8 @@ def parse_args(argv=None):
                      f"--dataset {args.dataset} needs {'an ImageNet' if imagenet else 'a CIFAR-sized'} one: "
                      f"{', '.join(sorted(table))}")
     validate_common(parser, args, default_lr=get_model_cfg(args.model_s, imagenet).default_lr)
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        fail(parser, f"--eval_batch_size must be a positive integer, got {args.eval_batch_size}")
     if args.teachers and args.path_t:
         fail(parser, "give teachers either by --teachers NAME or by --path_t PATH, not both")
     for flag, items in (("--teachers", args.teachers or []),
@@ -263,6 +266,7 @@ def run(parser, args, ctx, where):
                                                      if v != args.train_view))
     try:
         loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
+                                    test_batch_size=cuda_graphs.eval_batch_size(args),
                                     with_index=any(cls.needs_index for cls in loss_classes), views=views,
                                     rank=ctx.rank, world_size=ctx.world_size)
         spec = loaders.spec
@@ -363,6 +367,7 @@ def train(args, ctx, run, loaders, teachers, teacher_specs, student, seed, weigh
     if not args.resume:
         run_init_stage(task, loaders.train, args, run.info)
     optimizer = build_optimizer(task.trainable(), args)
+    optimizer = cuda_graphs.install(task, optimizer, args, run.info, distributed=ctx.enabled)
     meta = {"arch": args.model_s, "num_classes": spec.num_classes, "dataset": spec.name, "trial": args.trial,
             "distill": args.distill, "ensemble_method": args.ensemble_method, "seed": seed,
             "teachers": teachers.names, "teacher_archs": [m.arch for m in teacher_models],

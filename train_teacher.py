@@ -22,7 +22,7 @@ from dataset import DataError, add_data_arguments, loaders_from_args, spec_from_
 from distiller_zoo.registry import CLASSIFICATION_LOSSES
 from helper.checkpoint import ResumeError, load_for_resume
 from helper.loop import ClassifierTask, NonFiniteLoss, checkpoint_paths, fit
-from helper import distributed, runfolder
+from helper import cuda_graphs, distributed, runfolder
 from helper.distributed import DistContext
 from helper.manifest import ManifestError, add_teacher, entry_name, manifest_path, read_manifest
 from helper.schedule import build_optimizer
@@ -56,6 +56,7 @@ def build_parser():
                              "overrides --trial")
     add_data_arguments(parser)
     add_optimization_arguments(parser)
+    cuda_graphs.add_arguments(parser)
     add_run_arguments(parser)
     return parser
 
@@ -92,6 +93,8 @@ def parse_args(argv=None):
         model_options(args, args.model, imagenet)
     except ValueError as exc:
         fail(parser, str(exc))
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        fail(parser, f"--eval_batch_size must be a positive integer, got {args.eval_batch_size}")
     args.trial_list = parse_trials(parser, args)
     return parser, args
 
@@ -183,6 +186,7 @@ def train_one(parser, args, trial: str, ctx: DistContext, where):
     seed = trial_seed(args.seed, trial)
     torch.manual_seed(seed)
     loaders = loaders_from_args(args, batch_size=args.batch_size, device=args.device, seed=seed,
+                                test_batch_size=cuda_graphs.eval_batch_size(args),
                                 rank=ctx.rank, world_size=ctx.world_size, views=(args.train_view,))
     spec = loaders.spec
     imagenet = args.dataset == "imagenet"
@@ -213,6 +217,7 @@ def train_in_folder(args, trial, ctx, run_dir, loaders, model, seed):
     if args.compile:
         task.compile(run.info)
     optimizer = build_optimizer(task.model, args)
+    optimizer = cuda_graphs.install(task, optimizer, args, run.info, distributed=ctx.enabled)
     run.write_config(dict(vars(args), trial=trial, seed_used=seed),
                      dict(environment_info(args.device), seed=seed, trial=trial))
     run.info(f"==> teacher {args.model} on {spec.name} ({spec.num_classes} classes, {spec.num_train} train / "

@@ -19,6 +19,10 @@ AEKD step time relative to our AVERAGE_LOSS step.
 
     python benchmarks/bench_student.py --device cuda                       # the real measurement
     python benchmarks/bench_student.py --size 256 --steps 2 --teachers resnet8 resnet8 --student resnet8
+
+Each method gets one row per ``--cuda_graphs`` mode of our step (default ``off,capture``: the eager
+step and the whole step captured as a CUDA graph; off CUDA, capture falls back to the eager step
+and prints why).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ sys.path.insert(0, HERE)
 import dataset  # noqa: E402
 from bench_data import NumpyCifar  # noqa: E402
 from distiller_zoo.KD import kd_loss  # noqa: E402
+from helper import cuda_graphs  # noqa: E402
 from helper.distill import StudentTask, build_terms  # noqa: E402
 from helper.loop import autocast_context  # noqa: E402
 from helper.teachers import TeacherEnsemble  # noqa: E402
@@ -80,13 +85,18 @@ def build(method, args, device, num_classes, channels_last):
     return task, optimizer
 
 
-def run_ours(method, args, device, num_classes):
+def run_ours(method, args, device, num_classes, graphs="off"):
+    """Our step (``StudentTask.train_step``), eager (``graphs="off"``) or under ``--cuda_graphs``
+    ``graphs`` (capture falls back to the eager step, with its one-line reason, off CUDA)."""
     cuda = device.type == "cuda"
     task, optimizer = build(method, args, device, num_classes, channels_last=cuda)
+    optimizer = cuda_graphs.install(task, optimizer, argparse.Namespace(cuda_graphs=graphs, device=str(device),
+                                                                        amp=cuda), log=print)
     loaders = dataset.build_loaders("synthetic", batch_size=args.batch_size, device=device, seed=0,
                                     synthetic_train=args.size, synthetic_test=64, synthetic_classes=num_classes,
                                     drop_last=True)
     task.train_mode()
+    task.epoch_begin(2, 240)
     reset_peak(device)
     done, start, images = 0, None, 0
     loaders.train.set_epoch(1)
@@ -97,17 +107,30 @@ def run_ours(method, args, device, num_classes):
                 start = time.perf_counter()
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_context(str(device), cuda):
-                out = task.step((x, y), epoch=2)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            task.train_step((x, y), 2, optimizer, None, autocast_context(str(device), cuda))
             done += 1
             images += x.shape[0] if done > args.warmup else 0
             if done == args.warmup + args.steps:
                 break
     sync(device)
-    return images / (time.perf_counter() - start), peak_memory_mb(device)
+    rate = images / (time.perf_counter() - start)
+    if args.profile:
+        print_profile(lambda: task.train_step((x, y), 2, optimizer, None, autocast_context(str(device), cuda)),
+                      device, f"{method}, --cuda_graphs {graphs}")
+    return rate, peak_memory_mb(device)
+
+
+def print_profile(step, device, title, steps=3):
+    """The PyTorch profiler's per-kernel table of ``steps`` steps (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"profile of {steps} steps ({title}):")
+    print(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
 def reference_weights_svm(grads, nu):
@@ -198,24 +221,36 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--num_workers", type=int, default=4, help="baseline DataLoader workers")
     parser.add_argument("--skip_reference", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print the profiler's table of 3 steps per row")
+    parser.add_argument("--cuda_graphs", default="off,capture",
+                        help="our step's --cuda_graphs modes, one row each (off, capture, compile, static)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    modes = [m.strip() for m in args.cuda_graphs.split(",") if m.strip()]
+    bad = [m for m in modes if m not in cuda_graphs.MODES]
+    if bad:
+        parser.error(f"--cuda_graphs: unknown mode(s) {', '.join(bad)}; expected {', '.join(cuda_graphs.MODES)}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; {len(args.teachers)} teachers {'/'.join(sorted(set(args.teachers)))} -> {args.student}, "
+    print(f"device: {name}; torch {torch.__version__}; {len(args.teachers)} teachers "
+          f"{'/'.join(sorted(set(args.teachers)))} -> {args.student}, "
           f"--distill inter, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}")
     rows = []
     for method in methods:
-        ours, ours_mem = run_ours(method, args, device, args.classes)
         ref, ref_mem = (float("nan"), float("nan")) if args.skip_reference else \
             run_reference(method, args, device, args.classes)
-        rows.append((method, ours, ref, ours_mem, ref_mem))
-    print(f"{'method':14s} {'ours img/s':>11s} {'reference img/s':>16s} {'ratio':>7s} {'ours MiB':>9s} {'ref MiB':>8s}")
-    for method, ours, ref, om, rm in rows:
-        print(f"{method:14s} {ours:11.0f} {ref:16.0f} {ours / ref:7.2f} {om:9.0f} {rm:8.0f}")
-    rates = {m: o for m, o, *_ in rows}
-    if "AEKD" in rates and "AVERAGE_LOSS" in rates:
-        print(f"ours: AEKD step time / AVERAGE_LOSS step time = {rates['AVERAGE_LOSS'] / rates['AEKD']:.2f}")
+        for mode in modes:
+            ours, ours_mem = run_ours(method, args, device, args.classes, mode)
+            rows.append((method, mode, ours, ref, ours_mem, ref_mem))
+    print(f"{'method':14s} {'cuda_graphs':>11s} {'ours img/s':>11s} {'reference img/s':>16s} {'ratio':>7s} "
+          f"{'ours MiB':>9s} {'ref MiB':>8s}")
+    for method, mode, ours, ref, om, rm in rows:
+        print(f"{method:14s} {mode:>11s} {ours:11.0f} {ref:16.0f} {ours / ref:7.2f} {om:9.0f} {rm:8.0f}")
+    for mode in modes:
+        rates = {m: o for m, md, o, *_ in rows if md == mode}
+        if "AEKD" in rates and "AVERAGE_LOSS" in rates:
+            print(f"ours ({mode}): AEKD step time / AVERAGE_LOSS step time = "
+                  f"{rates['AVERAGE_LOSS'] / rates['AEKD']:.2f}")
     return rows
 
 

@@ -94,6 +94,10 @@ class Distiller(nn.Module):
     needs_preact: bool = False
     needs_index: bool = False
     views: Tuple[str, ...] = ()              # extra augmentations (dataset.augment names), e.g. MLKD
+    # --cuda_graphs capture (helper/cuda_graphs.py): False, with the reason, for a loss whose step has
+    # data-dependent shapes or reads the host; the run then steps eagerly and says why
+    capturable: bool = True
+    not_capturable_because: str = ""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser):
@@ -150,6 +154,8 @@ class EnsembleStrategy:
 
     name: str = ""
     min_teachers: int = 1
+    capturable: bool = True                  # see Distiller.capturable
+    not_capturable_because: str = ""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser):

@@ -148,7 +148,7 @@ def needs_grad_scaler(device: str, amp: bool) -> bool:
     return amp and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported()
 
 
-@torch.no_grad()
+@torch.inference_mode()     # no autograd bookkeeping at all (faster than no_grad; same numbers)
 def evaluate(models: Sequence[nn.Module], loader, device: str = "cpu", amp: bool = False) -> Dict[str, Any]:
     """Top-1/top-5 (percent) and mean cross-entropy of each model, and of their ensemble
     (averaged probabilities) when there are several."""

@@ -41,9 +41,13 @@ def lr_at(args, epoch: int) -> float:
 
 
 def set_lr(optimizer, lr: float):
-    """Set every parameter group's lr."""
+    """Set every parameter group's lr; a device-tensor lr (``helper.cuda_graphs.DeviceLRSGD``) is
+    filled in place, so a captured step reads the new value without re-capture."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if hasattr(group["lr"], "fill_"):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "distill_token")

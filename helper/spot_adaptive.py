@@ -111,6 +111,14 @@ def build_router(args, student, teachers, terms, num_classes: int, image_size: i
 class SpotAdaptiveTask(StudentTask):
     """The student task with spot-adaptive routing (see the module docstring)."""
 
+    # --cuda_graphs capture (helper/cuda_graphs.py) steps eagerly for routing, and says so: a
+    # relational loss is evaluated on each teacher's routed samples (boolean-mask subsets: shapes
+    # that depend on the data, and a host read of ``keep.any()``), and the policy has its own
+    # optimiser step between the forward and the student's backward (not verified under capture).
+    capturable = False
+    not_capturable_because = ("spot-adaptive routing evaluates relational losses on data-dependent "
+                              "subsets and steps the policy's own optimiser (not captured)")
+
     def __init__(self, student, teachers, terms, args, router: SpotRouter):
         super().__init__(student, teachers, terms, args)
         self.router = router

@@ -15,12 +15,24 @@ def test_student_benchmark_runs_small(capsys):
                                "--teachers", "resnet8", "resnet8", "--student", "resnet8", "--classes", "10",
                                "--num_workers", "0", "--batch_size", "32"])
     out = capsys.readouterr().out
-    assert [r[0] for r in rows] == ["AVERAGE_LOSS", "CAMKD", "AEKD"]
-    assert all(r[1] > 0 and r[2] > 0 for r in rows)
-    assert "ratio" in out and "AEKD step time / AVERAGE_LOSS step time" in out
+    assert [r[:2] for r in rows] == [(m, g) for m in ["AVERAGE_LOSS", "CAMKD", "AEKD"] for g in ["off", "capture"]]
+    assert all(r[2] > 0 and r[3] > 0 for r in rows)
+    assert "ratio" in out and "ours (capture): AEKD step time / AVERAGE_LOSS step time" in out
+    assert "--cuda_graphs capture: the step runs eagerly (device cpu is not CUDA)" in out
 
 
 def test_data_benchmark_runs_small(capsys):
     import bench_data
     bench_data.main(["--size", "256", "--batches", "2", "--num_workers", "0"])
     assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_teacher_benchmark_runs_small(capsys):
+    import bench_teacher
+    rows = bench_teacher.main(["--device", "cpu", "--model", "resnet8", "--size", "64", "--steps", "1",
+                               "--warmup", "1", "--classes", "10", "--num_workers", "0", "--batch_size", "16"])
+    out = capsys.readouterr().out
+    assert [r[0] for r in rows] == ["off", "capture"]
+    assert all(r[1] > 0 and r[2] > 0 for r in rows)
+    assert "ratio" in out and "--cuda_graphs capture: the step runs eagerly (device cpu is not CUDA)" in out

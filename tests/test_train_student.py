@@ -76,9 +76,11 @@ def test_student_resume_is_bit_identical(student_save_dir, tmp_path):
     code, run_a, _ = run_student(student_save_dir, *args)
     assert code == 0
 
+    # run b takes the step as restructured for CUDA graphs (static buffers, device-tensor lr):
+    # bit-identical to run a's plain step, across the resume
     with dies_at_step(StudentTask, epoch=3, step=5), pytest.raises(Interrupt):
-        run_student(save_b, *args)
-    code, run_b, metrics_b = run_student(save_b, *args, "--resume")
+        run_student(save_b, *args, "--cuda_graphs", "static")
+    code, run_b, metrics_b = run_student(save_b, *args, "--cuda_graphs", "static", "--resume")
     assert code == 0
     assert_same_checkpoints(run_a, run_b, "distill")
     assert [r["test_acc"] for r in read_metrics(run_a)] == [r["test_acc"] for r in metrics_b]

@@ -68,10 +68,13 @@ def test_resume_gives_bit_identical_weights(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert train_teacher.main(args + ["--save_dir", a]) == 0
 
+    # run b also takes the step as restructured for CUDA graphs (static buffers, device-tensor lr,
+    # float lr in the checkpoint): bit-identical to run a's plain step, across the resume
+    static = ["--cuda_graphs", "static"]
     with dies_at_step(ClassifierTask, epoch=3, step=4), pytest.raises(Interrupt):
-        train_teacher.main(args + ["--save_dir", b])
+        train_teacher.main(args + static + ["--save_dir", b])
     assert _final_state(b)["epoch"] == 2                       # the last good checkpoint stays
-    assert train_teacher.main(args + ["--save_dir", b, "--resume"]) == 0
+    assert train_teacher.main(args + static + ["--save_dir", b, "--resume"]) == 0
 
     sa, sb = _final_state(a), _final_state(b)
     assert sb["epoch"] == 3
@@ -111,6 +114,8 @@ def test_non_finite_loss_stops_cleanly(tmp_path, monkeypatch, capsys):
     (["--trials", "0,0"], "--trials"),
     (["--dataset", "mnist"], "--dataset"),
     (["--device", "tpu"], "--device"),
+    (["--eval_batch_size", "0"], "--eval_batch_size must be a positive integer"),
+    (["--cuda_graphs", "warp"], "--cuda_graphs"),
 ])
 def test_bad_flags_give_one_line_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -1,0 +1,145 @@
+"""GPU check of ``--cuda_graphs capture``: 20 captured steps against 20 eager steps from the same
+state compute the same thing (scripts/gpu_check.sh runs it).
+
+For a teacher (``ClassifierTask``) and a student under each ``--methods`` strategy (CA-MKD's
+``--distill inter``), two copies of one seeded state train on the same 20 device-resident batches:
+
+* eager: the step as restructured for capture (static buffers, ``DeviceLRSGD``), run eagerly;
+* captured: ``GraphedStep`` in capture mode (3 eager warm-up steps on a side stream, capture, replay).
+
+The learning rate changes at step 8 (the schedule writing the device tensor: no re-capture) and the
+epoch at step 14 (a re-capture). Compared: every step's loss and the final parameters and buffers.
+With ``--deterministic`` they must be bit-identical; otherwise equal within ``--rtol`` (bf16
+autocast by default, as train_*.py on CUDA). Also reported: the distance of the captured run to
+the plain eager ``torch.optim.SGD`` step (foreach kernels round differently; tolerance only).
+
+    python benchmarks/compare_graphs.py                      # bf16 autocast, tolerance
+    python benchmarks/compare_graphs.py --deterministic --no-amp   # bit for bit
+
+Prints one line per case and exits 1 if any case differs; on a machine without CUDA it prints
+"compare_graphs: skipped: no CUDA" and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+STEPS = 20
+LR_CHANGE_AT, EPOCH_CHANGE_AT = 8, 14
+
+
+def make_task(kind, method, args, device):
+    from helper.distill import StudentTask, build_terms
+    from helper.loop import ClassifierTask
+    from helper.teachers import TeacherEnsemble
+    from models import model_dict
+    import train_student
+    torch.manual_seed(0)
+    fmt = torch.channels_last
+    if kind == "teacher":
+        return ClassifierTask(model_dict[args.student](num_classes=args.classes).to(device, memory_format=fmt))
+    opt = train_student.build_parser().parse_args([])
+    vars(opt).update(distill="inter", ensemble_method=method, gamma=1.0, alpha=1.0, beta=50.0,
+                     beta_delay_epochs=0, device=str(device), epochs=240)
+    teachers = TeacherEnsemble([model_dict[a](num_classes=args.classes) for a in args.teachers],
+                               list(args.teachers)).to(device, memory_format=fmt)
+    student = model_dict[args.student](num_classes=args.classes).to(device, memory_format=fmt)
+    terms = build_terms(opt, student, teachers, args.classes, num_data=1000, image_size=32).to(device)
+    return StudentTask(student, teachers, terms, opt)
+
+
+def train(task, mode, batches, args, device):
+    """20 steps in ``mode`` (off: plain SGD, eager; static; capture); (losses, state)."""
+    from helper.cuda_graphs import install
+    from helper.loop import autocast_context
+    from helper.schedule import set_lr
+    optimizer = torch.optim.SGD(task.trainable().parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    lines = []
+    optimizer = install(task, optimizer, argparse.Namespace(cuda_graphs=mode, device=str(device), amp=args.amp),
+                        lines.append)
+    if mode == "capture" and any("runs eagerly" in line for line in lines):
+        raise RuntimeError(lines[-1])
+    task.train_mode()
+    losses, epoch = [], 1
+    task.epoch_begin(epoch, 240)
+    for k, batch in enumerate(batches):
+        if k == LR_CHANGE_AT:
+            set_lr(optimizer, 0.005)
+        if k == EPOCH_CHANGE_AT:
+            epoch = 2
+            task.epoch_begin(epoch, 240)
+        out = task.train_step(batch, epoch, optimizer, None, autocast_context(str(device), args.amp))
+        losses.append(out.loss.detach().float().clone())
+    torch.cuda.synchronize(device)
+    state = {k: v.detach().clone() for k, v in task.trainable().state_dict().items()}
+    return torch.stack(losses), state
+
+
+def compare(a, b):
+    """(bit-identical?, max relative difference over losses and state)."""
+    (la, sa), (lb, sb) = a, b
+    same = torch.equal(la, lb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    worst = ((la - lb).abs() / la.abs().clamp_min(1e-6)).max().item()
+    for k in sa:
+        if sa[k].is_floating_point():
+            x, y = sa[k].float(), sb[k].float()
+            worst = max(worst, ((x - y).norm() / x.norm().clamp_min(1e-6)).item())
+    return same, worst
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teachers", nargs="+", default=["resnet32x4"] * 3)
+    parser.add_argument("--student", default="vgg8")
+    parser.add_argument("--methods", default="AVERAGE_LOSS,CAMKD,AEKD")
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    parser.add_argument("--deterministic", action="store_true", help="require bit-identical results")
+    parser.add_argument("--rtol", type=float, default=2e-2, help="relative tolerance without --deterministic")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("compare_graphs: skipped: no CUDA")
+        return 0
+    device = torch.device("cuda")
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    g = torch.Generator(device=device).manual_seed(0)
+    batches = [(torch.randn(args.batch_size, 3, 32, 32, device=device, generator=g)
+                .contiguous(memory_format=torch.channels_last),
+                torch.randint(0, args.classes, (args.batch_size,), device=device, generator=g))
+               for _ in range(STEPS)]
+    cases = [("teacher", None)] + [("student", m.strip()) for m in args.methods.split(",") if m.strip()]
+    failed = 0
+    print(f"compare_graphs: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, {STEPS} steps, "
+          f"batch {args.batch_size}, amp {'bf16' if args.amp else 'off'}, "
+          f"{'deterministic (bit-identical required)' if args.deterministic else f'rtol {args.rtol}'}")
+    for kind, method in cases:
+        name = kind if method is None else f"student {method}"
+        try:
+            eager = train(make_task(kind, method, args, device), "static", batches, args, device)
+            captured = train(make_task(kind, method, args, device), "capture", batches, args, device)
+            plain = train(make_task(kind, method, args, device), "off", batches, args, device)
+        except Exception as exc:       # a capture error is a result of this check, not a crash
+            failed += 1
+            print(f"FAIL {name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            continue
+        same, diff = compare(eager, captured)
+        _, diff_plain = compare(plain, captured)
+        ok = same if args.deterministic else diff <= args.rtol
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: captured vs eager {'bit-identical' if same else f'max rel diff {diff:.2e}'}"
+              f"; vs plain SGD step max rel diff {diff_plain:.2e}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
