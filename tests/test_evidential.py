@@ -266,14 +266,14 @@ def test_ekd_configure_moves_the_ce_into_the_loss_unless_r_is_given():
 def test_aekt_per_sample_matches_hand_formula_and_layer_starts_at_identity():
     zs, zt, y = logits(seed=1, scale=2.0), logits(seed=2, scale=3.0), labels()
     d = AEKT(ctx(options("aekt")))
-    d.epoch_begin(30, 240)
-    term = d(NetOutput(feats=[], logits=zs.float()), NetOutput(feats=[], logits=zt.float()), Batch(images=None, labels=y))
+    term = d(NetOutput(feats=[], logits=zs.float()), NetOutput(feats=[], logits=zt.float()),
+             Batch(images=None, labels=y, epoch=30))
     assert term.per_sample.shape == (6,)
     expected = aekt_by_hand(zs.numpy(), zt.numpy(), y.numpy(), 4.0, 1.0, 8.0, 5.0)
     np.testing.assert_allclose(term.per_sample.detach().numpy(), expected, rtol=1e-4)
     assert term.per_sample.mean().item() == pytest.approx(float(expected.mean()), rel=1e-4)
-    d.epoch_begin(5, 240)
-    half = d(NetOutput(feats=[], logits=zs.float()), NetOutput(feats=[], logits=zt.float()), Batch(images=None, labels=y))
+    half = d(NetOutput(feats=[], logits=zs.float()), NetOutput(feats=[], logits=zt.float()),
+             Batch(images=None, labels=y, epoch=5))
     np.testing.assert_allclose(half.per_sample.detach().numpy(), expected * 5 / 20, rtol=1e-4)
 
 

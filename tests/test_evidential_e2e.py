@@ -112,7 +112,7 @@ def test_evidential_teacher_trains_and_a_student_distils_it_with_ekd(save_dir):
                                "--batch_size", "32"])
     assert code == 0
     entry = manifest(save_dir)["digits-resnet8-ev"]
-    assert entry["loss"] == "evidential" and "_evidential" in entry["path"]
+    assert entry["loss"] == "evidential" and "_loss~evidential_" in entry["path"]
     assert entry["best_acc"] > 50.0
     code, _, metrics = run_student(save_dir, "--teachers", "digits-resnet8-ev", "--distill", "ekd",
                                          "--epochs", "2", "--lr_decay_epochs", "100", "--batch_size", "32")

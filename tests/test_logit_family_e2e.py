@@ -38,7 +38,7 @@ def test_standardized_kd_under_camkd_trains_far_above_chance(save_dir, shared_ru
     args = _args(run_dir)
     assert (args["logit_stand"], args["gamma"], args["alpha"], args["base_temp"]) == (True, 0.1, 9.0, 2.0)
     with open(os.path.join(run_dir, "log.txt")) as f:
-        assert "loss weights: CE (-r) 0.1, kd (-a) 9.0; --logit-stand:" in f.read()
+        assert "==> objective: 0.1*CE + 9*kd [CAMKD]; --logit-stand:" in f.read()
     assert sum(metrics[-1][f"weight_kd_t{m}"] for m in range(3)) == pytest.approx(1.0, abs=1e-4)
 
 

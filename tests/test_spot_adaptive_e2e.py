@@ -38,7 +38,7 @@ def test_spot_adaptive_trains_a_student_and_the_policy(student_save_dir, shared_
     else:
         code, run_dir, metrics = run_student(student_save_dir, *spot_args(distill, teachers, extra))
     assert code == 0
-    assert run_dir.endswith("_spot-adaptive")
+    assert "_spot_adaptive_" in os.path.basename(run_dir)
     # 10 classes: chance is 10%; three short epochs of batch 32 reach 50-70% here
     assert max(m["test_acc"] for m in metrics) > 40.0, [m["test_acc"] for m in metrics]
     assert_generalises_like_kd(metrics, kd[2], f"--spot_adaptive --distill {distill}, {teachers} teacher(s)")
