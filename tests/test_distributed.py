@@ -59,7 +59,7 @@ def test_two_processes_keep_identical_weights_and_rank0_writes(tmp_path):
     b = torch.load(tmp_path / "rank1.pt", map_location="cpu", weights_only=True)
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    [run_dir] = glob.glob(os.path.join(save, "teachers", "resnet8_digits_lr_0.05_decay_0.0005_trial_0_*"))
+    [run_dir] = glob.glob(os.path.join(save, "teachers", "resnet8_digits_lr_0.05_decay_0.0005_trial_0*"))
     model = load_model(os.path.join(run_dir, "resnet8_last.pth"))
     for key, value in model.state_dict().items():
         assert torch.equal(value, a[key]), key
