@@ -62,6 +62,8 @@ RUNS=(
 )
 BENCH_STUDENT=("$PY" benchmarks/bench_student.py --device cuda)
 BENCH_DATA=("$PY" benchmarks/bench_data.py --device cuda --json)
+# whole-step CUDA graphs (issue 18): 20 captured against 20 eager steps from the same state
+COMPARE_GRAPHS=("$PY" benchmarks/compare_graphs.py)
 
 if [ "$DRY" = 1 ]; then
     echo "# gpu_check.sh --dry-run: the commands, in order (work folder: a fresh $WORK)"
@@ -70,6 +72,7 @@ if [ "$DRY" = 1 ]; then
     for run in "${RUNS[@]}"; do echo "${run#*|}"; done
     echo "${BENCH_STUDENT[*]}"
     echo "${BENCH_DATA[*]}"
+    echo "${COMPARE_GRAPHS[*]}"
     exit 0
 fi
 
@@ -131,6 +134,9 @@ echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/bench_student.status"
 t0=$(date +%s)
 "${BENCH_DATA[@]}" > "$LOGS/bench_data.log" 2>&1
 echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/bench_data.status"
+t0=$(date +%s)
+"${COMPARE_GRAPHS[@]}" > "$LOGS/compare_graphs.log" 2>&1
+echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/compare_graphs.status"
 
 "$PY" - "$WORK" "$TESTS" "$(( $(date +%s) - STARTED ))" <<'EOF'
 import glob, json, os, re, subprocess, sys
@@ -205,6 +211,10 @@ if data:
           f"{d['conventional_images_per_s']:.0f} img/s, ratio {d['ratio']:.2f}x")
 if code != 0 or not data:
     problems.append(f"bench_data.py failed (see {logs}/bench_data.log)")
+code, _ = status("compare_graphs")
+print("graphs   compare_graphs.py: " + ("captured steps equal eager steps" if code == 0 else "DIFFERENT"))
+if code != 0:
+    problems.append(f"compare_graphs.py failed (see {logs}/compare_graphs.log)")
 print(f"total    {total} s; logs and runs in {work}")
 print("GPU PATH HEALTHY" if not problems else "GPU PATH BROKEN: " + "; ".join(problems))
 sys.exit(1 if problems else 0)

@@ -27,8 +27,10 @@ def test_dry_run_prints_the_whole_check_in_order():
     lines = dry_run()
     kinds = ["pytest" if " -m pytest" in l else "teacher" if "train_teacher.py" in l else
              "student" if "train_student.py" in l else "bench_student" if "bench_student.py" in l else
-             "bench_data" if "bench_data.py" in l else "env" for l in lines]
-    assert kinds == ["env", "pytest", "teacher", "student", "student", "student", "bench_student", "bench_data"]
+             "bench_data" if "bench_data.py" in l else "compare_graphs" if "compare_graphs.py" in l else "env"
+             for l in lines]
+    assert kinds == ["env", "pytest", "teacher", "student", "student", "student", "bench_student", "bench_data",
+                     "compare_graphs"]
     assert lines[0] == "export CUBLAS_WORKSPACE_CONFIG=:4096:8"
 
     teacher = train_teacher.build_parser().parse_args(script_args(lines[2], "train_teacher.py"))
