@@ -4,13 +4,18 @@
 #   bash scripts/gpu_check.sh             # about 8 minutes on one H100/H200; downloads nothing
 #   bash scripts/gpu_check.sh --dry-run   # print every command it would run (no GPU needed)
 #   bash scripts/gpu_check.sh --no-tests  # skip step 1 (the test suite)
+#   bash scripts/gpu_check.sh --budget 540 --test-budget 240 --out DIR
+#       # stop every step at the time left of 540 s and the suite after 240 s (the summary is
+#       # always printed), and copy the summary and a tarball of the logs and metrics into DIR
+#       # (for a leased machine's $OUT)
 #
 # 1. the whole test suite on the GPU (the default device there), in parallel with pytest-xdist
 #    when it is installed, serially otherwise;
 # 2. the main job on synthetic CIFAR-100-sized data (50,000 + 10,000 images, 100 classes, 32 px):
 #    three resnet32x4 teachers for one epoch; a vgg8 student, --distill inter, two epochs under
 #    CAMKD, one under AEKD, two with --compile;
-# 3. both benchmarks (benchmarks/bench_student.py, benchmarks/bench_data.py) on the GPU;
+# 3. the benchmarks (benchmarks/bench_student.py, bench_data.py, bench_teacher.py) on the GPU, and
+#    benchmarks/compare_graphs.py (captured CUDA-graph steps against eager steps);
 # 4. one summary: commit, device, PyTorch version, tests passed/failed, seconds per epoch of every
 #    run (metrics.jsonl's epoch_time), the benchmark ratios, peak GPU memory, and a last line
 #    "GPU PATH HEALTHY" or "GPU PATH BROKEN: <what>" (exit status 0 or 1).
@@ -21,13 +26,30 @@ set -u -o pipefail
 
 DRY=0
 TESTS=1
-for arg in "$@"; do
-    case "$arg" in
+BUDGET=0
+TEST_BUDGET=0
+OUTDIR=
+while [ $# -gt 0 ]; do
+    case "$1" in
         --dry-run) DRY=1 ;;
         --no-tests) TESTS=0 ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "gpu_check.sh: unknown option $arg (expected --dry-run, --no-tests or --help)" >&2; exit 2 ;;
+        --budget)
+            BUDGET=${2:-}
+            case "$BUDGET" in ''|*[!0-9]*) echo "gpu_check.sh: --budget expects whole seconds, got '${2:-}'" >&2; exit 2 ;; esac
+            shift ;;
+        --test-budget)
+            TEST_BUDGET=${2:-}
+            case "$TEST_BUDGET" in ''|*[!0-9]*) echo "gpu_check.sh: --test-budget expects whole seconds, got '${2:-}'" >&2; exit 2 ;; esac
+            shift ;;
+        --out)
+            OUTDIR=${2:-}
+            [ -n "$OUTDIR" ] || { echo "gpu_check.sh: --out expects a folder" >&2; exit 2; }
+            shift ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "gpu_check.sh: unknown option $1 (expected --dry-run, --no-tests, --budget S, --test-budget S, --out DIR or --help)" >&2
+           exit 2 ;;
     esac
+    shift
 done
 
 cd "$(dirname "$0")/.."
@@ -42,13 +64,17 @@ LOGS=$WORK/logs
 # deterministic-mode tests need cuBLAS's workspace setting before CUDA starts
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
 
-# pytest-xdist where installed: one worker per CPU core, at most 16 (one GPU is shared by all)
+# pytest-xdist where installed: one worker per CPU core, at most 16 (one GPU is shared by all);
+# -rfE lists every failure and error at the end of the log
+PYTEST=("$PY" -m pytest -q -rfE -p no:cacheprovider)
 if "$PY" -c "import xdist" >/dev/null 2>&1; then
     WORKERS=$(nproc 2>/dev/null || echo 4)
     [ "$WORKERS" -gt 16 ] && WORKERS=16
-    PYTEST=("$PY" -m pytest -q -p no:cacheprovider -n "$WORKERS")
-else
-    PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
+    PYTEST+=(-n "$WORKERS")
+fi
+# pytest-timeout where installed: a test that hangs on the GPU fails alone instead of eating the run
+if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
+    PYTEST+=(--timeout 180)
 fi
 
 COMMON=(--dataset synthetic --save_dir "$SAVE" --quiet)
@@ -62,6 +88,7 @@ RUNS=(
 )
 BENCH_STUDENT=("$PY" benchmarks/bench_student.py --device cuda)
 BENCH_DATA=("$PY" benchmarks/bench_data.py --device cuda --json)
+BENCH_TEACHER=("$PY" benchmarks/bench_teacher.py --device cuda)
 # whole-step CUDA graphs (issue 18): 20 captured against 20 eager steps from the same state
 COMPARE_GRAPHS=("$PY" benchmarks/compare_graphs.py)
 
@@ -70,9 +97,10 @@ if [ "$DRY" = 1 ]; then
     echo "export CUBLAS_WORKSPACE_CONFIG=$CUBLAS_WORKSPACE_CONFIG"
     [ "$TESTS" = 1 ] && echo "${PYTEST[*]}"
     for run in "${RUNS[@]}"; do echo "${run#*|}"; done
-    echo "${BENCH_STUDENT[*]}"
-    echo "${BENCH_DATA[*]}"
     echo "${COMPARE_GRAPHS[*]}"
+    echo "${BENCH_STUDENT[*]}"
+    echo "${BENCH_TEACHER[*]}"
+    echo "${BENCH_DATA[*]}"
     exit 0
 fi
 
@@ -85,13 +113,28 @@ mkdir -p "$SAVE" "$LOGS"
 echo "==> gpu_check.sh: work folder $WORK"
 STARTED=$(date +%s)
 
+# limited CMD...: CMD under `timeout` at the time left of --budget (keeping 30 s for the summary);
+# with no budget, CMD as it is. A step with under 10 s left is skipped (exit 124, as if timed out).
+limited() {
+    if [ "$BUDGET" = 0 ]; then
+        "$@"
+        return
+    fi
+    local left=$(( BUDGET - 30 - ($(date +%s) - STARTED) ))
+    if [ "$left" -lt 10 ]; then
+        echo "gpu_check.sh: skipped, --budget $BUDGET spent: $*"
+        return 124
+    fi
+    timeout -k 5 "$left" "$@"
+}
+
 # run NAME SCRIPT ARGS...: the script in-process, so its peak CUDA memory can be read at the end
 run_script() {
     local name=$1
     shift
     local t0
     t0=$(date +%s)
-    "$PY" - "$LOGS/$name.peak_mib" "$@" > "$LOGS/$name.log" 2>&1 <<'EOF'
+    limited "$PY" - "$LOGS/$name.peak_mib" "$@" > "$LOGS/$name.log" 2>&1 <<'EOF'
 import runpy, sys
 import torch
 out, script, *argv = sys.argv[1:]
@@ -114,7 +157,11 @@ EOF
 if [ "$TESTS" = 1 ]; then
     echo "==> 1/3 the test suite: ${PYTEST[*]}"
     t0=$(date +%s)
-    "${PYTEST[@]}" > "$LOGS/pytest.log" 2>&1
+    if [ "$TEST_BUDGET" != 0 ]; then
+        limited timeout -k 5 "$TEST_BUDGET" "${PYTEST[@]}" > "$LOGS/pytest.log" 2>&1
+    else
+        limited "${PYTEST[@]}" > "$LOGS/pytest.log" 2>&1
+    fi
     echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/pytest.status"
     tail -n 1 "$LOGS/pytest.log"
 fi
@@ -127,18 +174,21 @@ for run in "${RUNS[@]}"; do
     run_script "$name" "${cmd[@]:1}"
 done
 
-echo "==> 3/3 the benchmarks"
-t0=$(date +%s)
-"${BENCH_STUDENT[@]}" > "$LOGS/bench_student.log" 2>&1
-echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/bench_student.status"
-t0=$(date +%s)
-"${BENCH_DATA[@]}" > "$LOGS/bench_data.log" 2>&1
-echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/bench_data.status"
-t0=$(date +%s)
-"${COMPARE_GRAPHS[@]}" > "$LOGS/compare_graphs.log" 2>&1
-echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/compare_graphs.status"
+echo "==> 3/3 compare_graphs.py and the benchmarks"
+bench() {   # bench NAME CMD...: a benchmark under the budget, its log and status in $LOGS
+    local name=$1 t0
+    shift
+    t0=$(date +%s)
+    limited "$@" > "$LOGS/$name.log" 2>&1
+    echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/$name.status"
+    echo "    $name: exit $(cut -d' ' -f1 "$LOGS/$name.status"), $(( $(date +%s) - t0 )) s"
+}
+bench compare_graphs "${COMPARE_GRAPHS[@]}"
+bench bench_student "${BENCH_STUDENT[@]}"
+bench bench_teacher "${BENCH_TEACHER[@]}"
+bench bench_data "${BENCH_DATA[@]}"
 
-"$PY" - "$WORK" "$TESTS" "$(( $(date +%s) - STARTED ))" <<'EOF'
+"$PY" - "$WORK" "$TESTS" "$(( $(date +%s) - STARTED ))" > "$LOGS/summary.txt" <<'EOF'
 import glob, json, os, re, subprocess, sys
 import torch
 
@@ -193,16 +243,25 @@ for name, pattern in (("teachers", "teachers/*"), ("student_camkd", "students/*g
         problems.append(f"{name} failed (see {logs}/{name}.log)")
 
 code, _ = status("bench_student")
-rows = re.findall(r"^(\w+)\s+([\d.]+)\s+([\d.nan]+)\s+([\d.nan]+)\s+([\d.nan]+)\s+([\d.nan]+)\s*$",
-                  read("bench_student.log"), re.M)
-print("bench    bench_student.py (ours img/s, reference img/s, ratio, our peak MiB):")
-for method, ours, ref, ratio, om, _ in rows:
-    print(f"  {method:16s} {ours:>8s} {ref:>8s} {ratio:>7s}x {om:>7s} MiB")
-aekd = re.search(r"AEKD step time / AVERAGE_LOSS step time = ([\d.]+)", read("bench_student.log"))
-if aekd:
-    print(f"  AEKD / AVERAGE_LOSS step time: {aekd.group(1)}")
+# method, cuda_graphs mode, ours img/s, reference img/s, ratio, ours MiB, reference MiB
+rows = re.findall(r"^(\w+)\s+(off|static|capture|compile)\s+([\d.]+)\s+([\d.]+|nan)\s+([\d.]+|nan)\s+"
+                  r"([\d.]+|nan)\s+([\d.]+|nan)\s*$", read("bench_student.log"), re.M)
+print("bench    bench_student.py (method, --cuda_graphs, ours img/s, reference img/s, ratio, our peak MiB):")
+for method, mode, ours, ref, ratio, om, _ in rows:
+    print(f"  {method:14s} {mode:>8s} {ours:>8s} {ref:>8s} {ratio:>7s}x {om:>7s} MiB")
+for mode, ratio in re.findall(r"ours \((\w+)\): AEKD step time / AVERAGE_LOSS step time = ([\d.]+)",
+                              read("bench_student.log")):
+    print(f"  AEKD / AVERAGE_LOSS step time ({mode}): {ratio}")
 if code != 0 or not rows:
     problems.append(f"bench_student.py failed (see {logs}/bench_student.log)")
+code, _ = status("bench_teacher")
+rows = re.findall(r"^\s*(off|static|capture|compile)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$",
+                  read("bench_teacher.log"), re.M)
+print("bench    bench_teacher.py (--cuda_graphs, ours img/s, plain loop img/s, ratio, our peak MiB):")
+for mode, ours, plain, ratio, om, _ in rows:
+    print(f"  {mode:>8s} {ours:>8s} {plain:>8s} {ratio:>7s}x {om:>7s} MiB")
+if code != 0 or not rows:
+    problems.append(f"bench_teacher.py failed (see {logs}/bench_teacher.log)")
 code, _ = status("bench_data")
 data = [json.loads(line) for line in read("bench_data.log").splitlines() if line.startswith("{")]
 if data:
@@ -212,10 +271,19 @@ if data:
 if code != 0 or not data:
     problems.append(f"bench_data.py failed (see {logs}/bench_data.log)")
 code, _ = status("compare_graphs")
-print("graphs   compare_graphs.py: " + ("captured steps equal eager steps" if code == 0 else "DIFFERENT"))
+print("graphs   compare_graphs.py: " + {0: "captured steps equal eager steps", 124: "timed out"}.get(code, "DIFFERENT"))
 if code != 0:
     problems.append(f"compare_graphs.py failed (see {logs}/compare_graphs.log)")
 print(f"total    {total} s; logs and runs in {work}")
 print("GPU PATH HEALTHY" if not problems else "GPU PATH BROKEN: " + "; ".join(problems))
 sys.exit(1 if problems else 0)
 EOF
+CODE=$?
+cat "$LOGS/summary.txt"
+if [ -n "$OUTDIR" ]; then
+    mkdir -p "$OUTDIR"
+    cp "$LOGS/summary.txt" "$OUTDIR/gpu_check_summary.txt"
+    (cd "$WORK" && tar czf "$OUTDIR/gpu_check_logs.tgz" logs $(find save -name '*.jsonl' -o -name '*.log' -o -name args.json))
+    echo "==> summary and logs copied to $OUTDIR"
+fi
+exit $CODE
