@@ -9,9 +9,14 @@ are tiny (about 1e-7), and libsvm's stopping rule is then met at its starting po
 
 Method: every optimum lies on a face of the box where each coordinate is at 0, at u, or free; on
 that face the free coordinates solve an equality-constrained QP, i.e. a linear KKT system. We solve
-the KKT system of every face at once (3^M faces, batched; pseudo-inverse for singular faces),
-keep the feasible solutions and return the one with the lowest objective. Because the problem is
-convex, that is a global optimum. Exact up to floating point, no iterations, no host round trip.
+the KKT system of every face at once (3^M faces, one batched LU solve), keep the feasible
+solutions and return the one with the lowest objective. Because the problem is convex, that is a
+global optimum. A face whose KKT system is singular (G rank-deficient along it, e.g. two identical
+teachers) gives no finite solution and is dropped: a vertex of the set of minimisers is the
+unique minimiser on its own face, whose KKT system is then non-singular, so an optimum always
+comes from a non-singular face. The solve is ``linalg.solve_ex`` without error checks: no host
+read of LU's ``info`` (``pinv`` and ``solve`` synchronise the device, and a CUDA graph cannot
+capture them; seen on an H200 with torch 2.11). Exact up to floating point, no iterations, no host round trip.
 For M > ``max_exact`` (3^M faces become many) a projected-gradient method with many iterations is
 used instead.
 """
@@ -66,9 +71,10 @@ def solve_simplex_box_qp(G: Tensor, upper: float, max_exact: int = 8, tol: float
     K[:, m, :m] = 1.0
     rhs[:, :m] = (1 - freef) * at_upper * upper
     rhs[:, m] = 1.0
-    sol = (torch.linalg.pinv(K) @ rhs[..., None])[..., 0]
+    sol, _ = torch.linalg.solve_ex(K, rhs, check_errors=False)
     a = sol[:, :m]
     residual = ((K @ sol[..., None])[..., 0] - rhs).abs().amax(1)
+    # NaN or inf (a singular face) fails every comparison below, so the face is not a candidate
     feasible = keep & (a >= -tol).all(1) & (a <= upper + tol).all(1) & (residual < 1e-7)
     objective = 0.5 * torch.einsum("pi,ij,pj->p", a, G, a)
     objective = torch.where(feasible, objective, torch.full_like(objective, float("inf")))

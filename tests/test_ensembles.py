@@ -142,6 +142,21 @@ def test_qp_solution_is_feasible_and_optimal(M, seed):
     assert best <= obj.min() * (1 + 1e-9) + 1e-30
 
 
+@pytest.mark.parametrize("dup", [(0, 1), (0, 2)])
+def test_qp_with_identical_teachers_splits_their_weight(dup):
+    """Two identical teachers make G singular on every face that frees both: those faces give no
+    solution, and the optimum comes from the others (hand-derived: teachers i, j identical with
+    gradient g, teacher k with h orthogonal to g and |h| = |g|: the objective is
+    1/2 (|g|^2 (a_i + a_j)^2 + |h|^2 a_k^2), minimal at a_i + a_j = a_k = 1/2)."""
+    g, h = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    k = ({0, 1, 2} - set(dup)).pop()
+    V = torch.stack([g if m in dup else h for m in range(3)])
+    a = solve_simplex_box_qp((V @ V.T) * 1e-7, upper=1.0)
+    assert torch.isfinite(a).all()
+    assert a[k].item() == pytest.approx(0.5, abs=1e-9)
+    assert (a[dup[0]] + a[dup[1]]).item() == pytest.approx(0.5, abs=1e-9)
+
+
 @pytest.mark.parametrize("M", [2, 3, 5])
 def test_aekd_matches_sklearn_on_well_scaled_gram(M):
     sklearn_svm = pytest.importorskip("sklearn.svm")
