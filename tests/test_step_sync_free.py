@@ -2,19 +2,26 @@
 backward, optimiser step) never waits for the device: a few steps of every strategy run under
 ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronising call. The
 exceptions the README names (spot-adaptive routing of relational losses, CRD under torchrun) are
-not run here. Skipped without CUDA (scripts/gpu_check.sh runs the suite on a GPU)."""
+not run here. The CUDA test is skipped without CUDA (scripts/gpu_check.sh runs the suite on a GPU);
+the same steps run on the CPU under ``sync_guard.NoHostSync``, which fails on the calls known to
+synchronise, so CI catches most of them first."""
 import pytest
 import torch
 
 from conftest import build_student_task, student_options
+from sync_guard import HostSync, NoHostSync
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-
-@pytest.mark.parametrize("method, extra", [("AVERAGE_LOSS", {}), ("EBKD", {}), ("CAMKD", {}), ("AEKD", {}),
+STRATEGIES = pytest.mark.parametrize("method, extra", [("AVERAGE_LOSS", {}), ("EBKD", {}), ("CAMKD", {}), ("AEKD", {}),
                                            ("EVIDENTIAL", {"evidential_mode": "pool"}),
                                            ("EVIDENTIAL", {"evidential_mode": "weight"})])
-@pytest.mark.parametrize("distill, beta", [("kd", 0.0), ("inter", 50.0), ("attention", 1000.0)])
+LOSSES = pytest.mark.parametrize("distill, beta", [("kd", 0.0), ("inter", 50.0), ("attention", 1000.0)])
+
+
+@needs_cuda
+@STRATEGIES
+@LOSSES
 def test_student_step_never_synchronises(method, extra, distill, beta):
     args = student_options(distill=distill, ensemble_method=method, beta=beta, beta_delay_epochs=0,
                            device="cuda", **extra)
@@ -37,3 +44,34 @@ def test_student_step_never_synchronises(method, extra, distill, beta):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out.loss).item()
+
+
+@pytest.mark.parametrize("method, extra, distill, beta", [
+    *[(m, e, "inter", 50.0) for m, e in STRATEGIES.args[1]],  # every strategy on the kd + hint objective
+    ("CAMKD", {}, "attention", 1000.0)])
+def test_student_step_calls_nothing_that_synchronises(method, extra, distill, beta):
+    """The CPU twin of the test above, under ``NoHostSync`` (fewer cases: CI's time is short; every
+    strategy, the logit and a feature term, and a map loss)."""
+    torch.manual_seed(0)
+    args = student_options(distill=distill, ensemble_method=method, beta=beta, beta_delay_epochs=0,
+                           device="cpu", **extra)
+    task = build_student_task(args, ("resnet8", "resnet14", "resnet8"))
+    optimizer = torch.optim.SGD(task.trainable().parameters(), lr=0.01, momentum=0.9)
+    batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
+    task.train_mode()
+    task.epoch_begin(1, 2)
+    task.train_step(batches[0], 1, optimizer)            # first step: lazy initialisation may sync
+    with NoHostSync():
+        out = task.train_step(batches[1], 1, optimizer)
+    assert torch.isfinite(out.loss).all()
+
+
+def test_the_guard_catches_what_synchronises():
+    x = torch.randn(4, 4)
+    for call in (lambda: x.sum().item(), lambda: x[x > 0], lambda: torch.linalg.pinv(x), lambda: bool(x[0, 0] > 0),
+                 lambda: torch.linalg.solve(x, x), lambda: torch.nonzero(x)):
+        with NoHostSync(), pytest.raises(HostSync):
+            call()
+    with NoHostSync():                                   # and lets the sync-free forms through
+        torch.linalg.solve_ex(x, x, check_errors=False)
+        torch.where(x > 0, x, torch.zeros_like(x))
