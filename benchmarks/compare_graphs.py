@@ -77,6 +77,10 @@ def train(task, mode, batches, args, device):
         out = task.train_step(batch, epoch, optimizer, None, autocast_context(str(device), args.amp))
         losses.append(out.loss.detach().float().clone())
     torch.cuda.synchronize(device)
+    # GraphedStep falls back to the eager step when a capture fails (it logs why): then the
+    # "captured" run was eager and agrees with the eager run trivially (AEKD on an H200, 2026-11-28)
+    if mode == "capture" and any("capture failed" in line for line in lines):
+        raise RuntimeError(next(line for line in lines if "capture failed" in line))
     state = {k: v.detach().clone() for k, v in task.trainable().state_dict().items()}
     return torch.stack(losses), state
 
