@@ -25,7 +25,10 @@ Reconstructed here ([REC]; each choice is a flag). With ``p = softmax(z / T)`` a
   through a ``C x C`` linear layer initialised to the identity with zero bias, ``z_dis = W z + b``,
   and only ``z_dis`` enters the two terms above. It is parametrised as ``W = I + D`` (``D`` starts
   at 0), so the student optimiser's weight decay pulls it towards the identity rather than towards
-  zero. It is a parameter of this distiller: trained with the student, saved in the checkpoint
+  zero. It learns at ``--aekt_layer_lr`` (0.1) times the student's learning rate [REC]: at the
+  student's own rate ``W`` ran away under the loss's ``beta * T^2 = 128`` scale (its top singular
+  value 1 -> 3.3 in 24 steps on digits, the student's weights then changing 11% a step) and the
+  student failed in eval mode, its BatchNorm running statistics unable to follow (issue 16). It is a parameter of this distiller: trained with the student, saved in the checkpoint
   with the terms' state (``--resume`` restores it), not part of the student network, so inference
   and evaluation use the student's own logits. ``--aekt_layer separate`` (default): one layer per
   teacher, each absorbing its teacher's own inter-class relations (one distiller per teacher owns
@@ -48,25 +51,43 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .argtypes import positive_float
 from .base import Distiller, TeacherLoss, add_argument_once
 from .DKD import dkd_terms, warmup_factor
 from .KD import as_float, logit_stand_scale, standardize
 from .registry import register_distiller
 
 class DistillationLayer(nn.Module):
-    """``z -> z + z D^T + b`` = ``W z + b`` with ``W = I + D``; identity at initialisation."""
+    """``z -> z + z D^T + b`` = ``W z + b`` with ``W = I + D``; identity at initialisation.
 
-    def __init__(self, num_classes: int):
+    ``lr_scale`` (``--aekt_layer_lr``) makes the layer learn that many times slower than the
+    student: ``D`` and ``b`` are stored as ``c * delta`` and ``c * bias`` with ``c = sqrt(lr_scale)``,
+    so one SGD step moves ``D`` by ``lr_scale`` times its gradient step (weight decay still pulls it
+    towards the identity at the student's rate). Why: ``W z`` is a product of two trained factors
+    under a loss of scale ``beta * T^2 = 128``; at the student's own learning rate ``W``'s largest
+    singular value grew from 1 to 3.3 in 24 steps on digits (full loss scale), the gradient reaching
+    ``z`` through ``W^T`` grew with it, and the per-step weight change of the student reached 11%:
+    its BatchNorm running statistics could not follow and the student failed in eval mode (issue
+    16). Under AdamW (scale-free steps) the factor is ``sqrt(lr_scale)`` instead."""
+
+    def __init__(self, num_classes: int, lr_scale: float = 1.0):
         super().__init__()
+        if not lr_scale > 0:
+            raise ValueError(f"--aekt_layer_lr must be positive, got {lr_scale}")
+        self.scale = math.sqrt(lr_scale)
         self.delta = nn.Parameter(torch.zeros(num_classes, num_classes))
         self.bias = nn.Parameter(torch.zeros(num_classes))
 
     def matrix(self) -> Tensor:
-        return torch.eye(self.delta.shape[0], device=self.delta.device, dtype=self.delta.dtype) + self.delta
+        eye = torch.eye(self.delta.shape[0], device=self.delta.device, dtype=self.delta.dtype)
+        return eye + self.scale * self.delta
+
+    def offset(self) -> Tensor:
+        return self.scale * self.bias
 
     def forward(self, z: Tensor) -> Tensor:
         z = as_float(z)
-        return z + F.linear(z, self.delta.to(z.dtype), self.bias.to(z.dtype))
+        return z + F.linear(z, (self.scale * self.delta).to(z.dtype), self.offset().to(z.dtype))
 
 
 def target_log_probs(z: Tensor, labels: Tensor, T: float) -> Tensor:
@@ -112,6 +133,9 @@ class AEKT(Distiller):
                           help="AEKT: explicit-term weight, teacher/student target-confidence ratio or 1")
         add_argument_once(parser, "--aekt_layer", type=str, default="separate", choices=("separate", "shared", "none"),
                           help="AEKT: identity-initialised distillation layer per teacher, one shared, or none")
+        add_argument_once(parser, "--aekt_layer_lr", type=positive_float, default=0.1,
+                          help="AEKT: the distillation layer learns at this times the student's learning rate "
+                               "(1: as fast as the student, which ran away on digits; issue 16) [reconstructed]")
 
     @classmethod
     def configure(cls, args, given):
@@ -133,9 +157,9 @@ class AEKT(Distiller):
             # one layer for the term's teachers: the first distiller builds it, the others of the
             # same term find it in the term's shared dict; every distiller holds it as a submodule,
             # so it is trained and checkpointed with the terms (no state outside them)
-            self.layer = ctx.shared.setdefault("aekt_layer", DistillationLayer(ctx.num_classes))
+            self.layer = ctx.shared.setdefault("aekt_layer", DistillationLayer(ctx.num_classes, opt.aekt_layer_lr))
         else:
-            self.layer = DistillationLayer(ctx.num_classes)
+            self.layer = DistillationLayer(ctx.num_classes, opt.aekt_layer_lr)
 
     def distill_logits(self, z: Tensor) -> Tensor:
         """The logits the distillation terms read: ``W z + b`` (``z`` without a layer)."""

@@ -329,6 +329,37 @@ def test_aekt_layer_gets_gradient_teacher_none_saved_and_not_used_at_inference()
     assert torch.equal(layer(z), z) and torch.equal(layer.matrix(), torch.eye(C))
 
 
+def aekt_layer_step(aekt_layer_lr=None, lr=0.05):
+    """One plain SGD step (no momentum, no decay) of a fresh AEKT distiller at full loss scale:
+    ``(W after - W before, dL/dW)`` with ``dL/dW`` from the same loss written with an explicit
+    matrix ``W`` (autograd on ``z W^T + b``, not through the distiller's parametrisation)."""
+    kw = {} if aekt_layer_lr is None else {"aekt_layer_lr": aekt_layer_lr}
+    d = AEKT(ctx(options("aekt", **kw)))
+    zs, zt, y = logits(seed=11, scale=2.0, dtype=torch.float32), logits(seed=12, scale=3.0, dtype=torch.float32), labels()
+    W = torch.eye(C, requires_grad=True)
+    b = torch.zeros(C, requires_grad=True)
+    explicit, implicit, w = aekt_terms(zs @ W.T + b, zt, y, 4.0)
+    grad_W = torch.autograd.grad((w * explicit + 8.0 * implicit).mean(), W)[0]
+    before = d.layer.matrix().detach().clone()
+    opt = torch.optim.SGD(d.parameters(), lr=lr)
+    d(NetOutput(feats=[], logits=zs), NetOutput(feats=[], logits=zt), Batch(images=None, labels=y, epoch=30)).per_sample.mean().backward()
+    opt.step()
+    return d.layer.matrix().detach() - before, grad_W
+
+
+def test_aekt_layer_learns_at_a_tenth_of_the_students_rate():
+    """Issue 16: at the student's own rate the layer ran away (W's top singular value 1 -> 3.3 in
+    24 steps on digits) and the student failed in eval mode; by default it learns 10x slower."""
+    assert options("aekt").aekt_layer_lr == 0.1
+    step, grad_W = aekt_layer_step()
+    assert grad_W.abs().max() > 1e-3                          # a real gradient to scale
+    torch.testing.assert_close(step, -0.05 * 0.1 * grad_W, rtol=1e-4, atol=1e-7)
+    step, grad_W = aekt_layer_step(aekt_layer_lr=1.0)         # the old behaviour, still available
+    torch.testing.assert_close(step, -0.05 * grad_W, rtol=1e-4, atol=1e-7)
+    with pytest.raises(SystemExit):                           # a one-line argparse error
+        train_student.build_parser().parse_args(["--distill", "aekt", "--aekt_layer_lr", "0"])
+
+
 # -- the EVIDENTIAL strategy -----------------------------------------------------------------------
 def stack(M=3, B=8, seed=0, scales=(4.0, 1.0, 0.2)):
     return torch.stack([logits(B, seed=seed + m, scale=scales[m % len(scales)], dtype=torch.float32) for m in range(M)])

@@ -15,23 +15,28 @@ from conftest import (BIT_IDENTICAL, Interrupt, assert_generalises_like_kd, asse
 FAST = ["--epochs", "3", "--batch_size", "32", "--lr_decay_epochs", "100", "--skip_validation"]
 
 
+# With three teachers the rate drops 10x for the last epoch, as any real schedule ends low: at a
+# constant 0.05, attention (weight 1000) under CAMKD left the student's BatchNorm running statistics
+# lagging its weights (issue 16: test 17.2% with train 66.3%; the same weights with recomputed
+# statistics 71.3%; without --spot_adaptive the same gap, 39.2% -> 69.9%), a fact of evaluating at
+# a high rate, not of the routing. The one-teacher cases keep the rate: the same-family start
+# (every spot distilled) must see its policy move within three epochs.
+THREE = ["--ensemble_method", "CAMKD", "--lr_decay_epochs", "2"]
+
 # The kd runs are the references of the attention runs with as many teachers (same flags but the loss).
-KD_RUNS = {1: ("kd", ["--policy_homo", "no"]), 3: ("kd", ["--ensemble_method", "CAMKD"])}
+KD_RUNS = {1: ("kd", ["--policy_homo", "no"]), 3: ("kd", THREE)}
 
 
 def spot_args(distill, teachers, extra):
-    return ("--spot_adaptive", "--distill", distill, "--teacher_num", str(teachers), *extra, *FAST)
+    return ("--spot_adaptive", "--distill", distill, "--teacher_num", str(teachers), *FAST, *extra)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("distill, teachers, extra", [
     ("attention", 1, []),                                  # same-family pair: starts distilling everywhere
     ("kd", 1, ["--policy_homo", "no"]),                    # neutral start: about half the samples at first
-    # Known defect, found by the accuracy check: 3 teachers + attention under CAMKD trains (train
-    # 66%) but does not generalise (test 17% against KD's 60%), like AEKT; left for its own fix.
-    pytest.param("attention", 3, ["--ensemble_method", "CAMKD"], marks=pytest.mark.xfail(
-        reason="spot-adaptive attention with 3 teachers: train/test gap (issue 16 follow-up)", strict=False)),
-    ("kd", 3, ["--ensemble_method", "CAMKD"]),
+    ("attention", 3, THREE),
+    ("kd", 3, THREE),
 ])
 def test_spot_adaptive_trains_a_student_and_the_policy(student_save_dir, shared_runs, distill, teachers, extra):
     kd_name, kd_extra = KD_RUNS[teachers]
