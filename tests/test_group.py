@@ -168,3 +168,14 @@ def test_group_refuses_captured_steps(teachers, tmp_path, capsys):
     assert code == 2
     assert "--cuda_graphs static: a group of students runs its steps eagerly" in one_line_error(capsys)
     assert not os.path.exists(os.path.join(str(tmp_path), "students"))
+
+
+def test_lists_make_the_cross_product():
+    """--distill (comma: students, '+': terms) x --ensemble_method x --logit-stand both, each student
+    with its own single values; one student is a solo run's Namespace, as before."""
+    _, args = train_student.parse_args(["--dataset", "digits", "--teacher_num", "2", "--distill", "kd+attention,dkd",
+                                        "--ensemble_method", "EBKD,CAMKD", "--logit-stand", "both"])
+    got = [(m.distill, m.ensemble_method, m.logit_stand) for m in args.members]
+    assert got == [(d, e, s) for d in ("kd+attention", "dkd") for e in ("EBKD", "CAMKD") for s in (False, True)]
+    _, solo = train_student.parse_args(["--dataset", "digits", "--teacher_num", "2", "--logit-stand"])
+    assert not hasattr(solo, "members") and solo.logit_stand is True and solo.ensemble_method == "CAMKD"
