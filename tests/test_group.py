@@ -179,3 +179,15 @@ def test_lists_make_the_cross_product():
     assert got == [(d, e, s) for d in ("kd+attention", "dkd") for e in ("EBKD", "CAMKD") for s in (False, True)]
     _, solo = train_student.parse_args(["--dataset", "digits", "--teacher_num", "2", "--logit-stand"])
     assert not hasattr(solo, "members") and solo.logit_stand is True and solo.ensemble_method == "CAMKD"
+
+
+def test_group_benchmark_runs_small(capsys):
+    """benchmarks/bench_group.py keeps working (tiny size; nothing asserted about time)."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import bench_group
+    assert bench_group.main(["--device", "cpu", "--teachers", "resnet8", "resnet8", "--student", "resnet8",
+                             "--batch_size", "8", "--steps", "1", "--warmup", "0", "--size", "16",
+                             "--classes", "10", "--methods", "AVERAGE_LOSS", "CAMKD"]) == 0
+    out = capsys.readouterr().out
+    assert "AVERAGE_LOSS" in out and "CAMKD" in out and "group/one-run time ratio" in out
