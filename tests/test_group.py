@@ -191,3 +191,25 @@ def test_group_benchmark_runs_small(capsys):
                              "--classes", "10", "--methods", "AVERAGE_LOSS", "CAMKD"]) == 0
     out = capsys.readouterr().out
     assert "AVERAGE_LOSS" in out and "CAMKD" in out and "group/one-run time ratio" in out
+
+
+def test_out_of_memory_in_the_first_step_is_one_line(monkeypatch):
+    """Simulated on the CPU: the second student's first step runs out of memory; the error names it
+    and says how many would fit (from the device's size and the increments measured)."""
+    class Step:
+        def __init__(self, fail):
+            self.fail = fail
+
+        def train_batch(self, step, batch, epoch):
+            if self.fail:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    members = [group_mod.Member(args=None, name=n, run_dir="", views=("standard",), with_index=False,
+                                stream=group_mod.RngStream(group_mod.rng_state()), trainer=Step(fail))
+               for n, fail in (("a", False), ("b", True))]
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 8 << 30}))
+    with pytest.raises(group_mod.GroupOutOfMemory) as exc:
+        group_mod.first_step(members, {("standard",): (torch.zeros(2, 3), torch.zeros(2))}, 1, 1,
+                             torch.device("cpu"), print)
+    message = str(exc.value)
+    assert "\n" not in message and "student 2 (b)" in message and "8.0 GiB" in message and "would fit" in message
