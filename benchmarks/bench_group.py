@@ -118,8 +118,8 @@ def main(argv=None):
 
     solo = {}
     for method, (task, optimizer, _) in zip(args.methods, build_students(args, ensemble, device, args.classes, fmt)):
-        solo[method] = timed(lambda b: task.train_step(b, 2, optimizer, None, autocast), data, args.warmup, device)
-        del task, optimizer
+        solo[method] = timed(lambda b, task=task, optimizer=optimizer: task.train_step(b, 2, optimizer, None, autocast),
+                             data, args.warmup, device)
 
     shared = SharedTeachers(ensemble)
     students = build_students(args, shared, device, args.classes, fmt)

@@ -30,7 +30,6 @@ teachers once, then each student's step, with per-student generator states regis
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence
