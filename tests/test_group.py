@@ -10,6 +10,7 @@ import torch
 
 import train_student
 from helper import group as group_mod
+from helper.teachers import TeacherEnsemble
 from models import build_model
 
 from conftest import Interrupt, dies_at_step, read_metrics
@@ -68,7 +69,15 @@ def assert_same_run(a, b):
 def group_and_solo(teachers, tmp_path_factory):
     """The group of four and the four solo runs, made once for the tests below."""
     group_dir, solo_dir = tmp_path_factory.mktemp("group"), tmp_path_factory.mktemp("solo")
-    assert train_student.main(base_args(teachers, group_dir) + GROUP) == 0
+    calls = []
+    original = TeacherEnsemble.outputs
+    with pytest.MonkeyPatch.context() as m:       # count the teachers' forwards of the group
+        m.setattr(TeacherEnsemble, "outputs", lambda self, images, preact=False: calls.append(1)
+                  or original(self, images, preact))
+        assert train_student.main(base_args(teachers, group_dir) + GROUP) == 0
+    # 2 epochs x 2 batches x 3 image tensors (crd's loader: the standard view; mlkd's: standard and
+    # strong), whatever the number of students
+    assert len(calls) == 2 * 2 * 3
     for distill, method in STUDENTS:
         assert train_student.main(base_args(teachers, solo_dir) + ["--distill", distill,
                                                                    "--ensemble_method", method]) == 0
