@@ -222,3 +222,12 @@ def test_out_of_memory_in_the_first_step_is_one_line(monkeypatch):
                              torch.device("cpu"), print)
     message = str(exc.value)
     assert "\n" not in message and "student 2 (b)" in message and "8.0 GiB" in message and "would fit" in message
+
+
+def test_summaries_see_group_runs_as_solo_runs(group_and_solo):
+    """scripts/summarize.py's grouping: a group's student and its solo run are one configuration
+    (``group`` in args.json is not a setting)."""
+    from helper.results import find_runs, group_runs
+    group_dir, solo_dir = group_and_solo
+    groups = group_runs(find_runs(str(group_dir)) + find_runs(str(solo_dir)))
+    assert len(groups) == 4 and all(len(g.runs) == 2 for g in groups)
