@@ -188,23 +188,28 @@ def evaluate(models: Sequence[nn.Module], loader, device: str = "cpu", amp: bool
     return out
 
 
-def train_epoch(task: Task, optimizer, loader, epoch: int, args, scaler=None,
-                progress: Optional[Progress] = None, distributed: bool = False) -> Dict[str, float]:
-    task.train_mode()
-    sums = DeviceSums()
-    first_bad = None                   # device tensor: first step with a non-finite loss, or -1
-    check_every_step = torch.device(args.device).type == "cpu"   # free on CPU, a sync on CUDA
-    steps = len(loader)
-    images_seen = 0
-    for step, batch in enumerate(loader, start=1):
-        out = task.train_step(batch, epoch, optimizer, scaler, autocast_context(args.device, args.amp))
-        loss = out.loss
+class EpochAccumulator:
+    """One epoch's training figures, kept on the device: what ``train_epoch`` adds up after each
+    step, and the non-finite-loss guard. A group of students (``helper.group``) keeps one per
+    student and feeds each its own step's output."""
 
+    def __init__(self, epoch: int, steps: int, args, progress: Optional[Progress] = None,
+                 distributed: bool = False):
+        self.epoch, self.steps, self.args = epoch, steps, args
+        self.progress, self.distributed = progress, distributed
+        self.sums = DeviceSums()
+        self.first_bad = None              # device tensor: first step with a non-finite loss, or -1
+        self.check_every_step = torch.device(args.device).type == "cpu"   # free on CPU, a sync on CUDA
+        self.images_seen = 0
+
+    def add(self, step: int, out: StepOutput):
+        loss, sums, args = out.loss, self.sums, self.args
         n = out.labels.shape[0]
-        images_seen += n
+        self.images_seen += n
         loss_d = loss.detach().float()
         bad = ~torch.isfinite(loss_d)
-        first_bad = torch.where(bad, torch.full_like(loss_d, step), torch.full_like(loss_d, -1)) \
+        first_bad = self.first_bad
+        self.first_bad = torch.where(bad, torch.full_like(loss_d, step), torch.full_like(loss_d, -1)) \
             if first_bad is None else torch.where((first_bad < 0) & bad, torch.full_like(loss_d, step), first_bad)
         c1, c5 = topk_correct(out.logits.detach().float(), out.labels)
         sums.add("loss", loss_d * n)
@@ -214,28 +219,38 @@ def train_epoch(task: Task, optimizer, loader, epoch: int, args, scaler=None,
         for key, value in out.metrics.items():
             sums.add(key, value.detach().float() * n)
 
-        reading = step % args.print_freq == 0 or step == steps
-        if check_every_step or reading:
-            bad = first_bad.clone()
-            if distributed:            # every rank stops together (a NaN anywhere ends the run)
+        reading = step % args.print_freq == 0 or step == self.steps
+        if self.check_every_step or reading:
+            bad = self.first_bad.clone()
+            if self.distributed:       # every rank stops together (a NaN anywhere ends the run)
                 from .distributed import all_reduce_max
                 all_reduce_max(bad)
             bad_step = int(bad.item())
             if bad_step > 0:
-                raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {bad_step} of {steps}; "
-                                    f"stopping")
-        if reading and progress is not None:
-            s = sums.read(across_ranks=distributed)
-            progress.update(step, images_seen, {"loss": s["loss"] / s["n"], "top1": 100 * s["top1"] / s["n"]})
-        elif reading and distributed:
+                raise NonFiniteLoss(f"non-finite training loss at epoch {self.epoch}, step {bad_step} of "
+                                    f"{self.steps}; stopping")
+        if reading and self.progress is not None:
+            s = sums.read(across_ranks=self.distributed)
+            self.progress.update(step, self.images_seen, {"loss": s["loss"] / s["n"], "top1": 100 * s["top1"] / s["n"]})
+        elif reading and self.distributed:
             sums.read(across_ranks=True)   # keep the collective calls in step on every rank
 
-    s = sums.read(across_ranks=distributed)
-    n = max(s.pop("n", 0), 1)
-    record = {"train_loss": s.pop("loss") / n, "train_acc": 100 * s.pop("top1") / n,
-              "train_acc_top5": 100 * s.pop("top5") / n}
-    record.update({k: v / n for k, v in s.items()})
-    return record
+    def record(self) -> Dict[str, float]:
+        s = self.sums.read(across_ranks=self.distributed)
+        n = max(s.pop("n", 0), 1)
+        record = {"train_loss": s.pop("loss") / n, "train_acc": 100 * s.pop("top1") / n,
+                  "train_acc_top5": 100 * s.pop("top5") / n}
+        record.update({k: v / n for k, v in s.items()})
+        return record
+
+
+def train_epoch(task: Task, optimizer, loader, epoch: int, args, scaler=None,
+                progress: Optional[Progress] = None, distributed: bool = False) -> Dict[str, float]:
+    task.train_mode()
+    acc = EpochAccumulator(epoch, len(loader), args, progress, distributed)
+    for step, batch in enumerate(loader, start=1):
+        acc.add(step, task.train_step(batch, epoch, optimizer, scaler, autocast_context(args.device, args.amp)))
+    return acc.record()
 
 
 class BestTracker:
@@ -266,20 +281,31 @@ def checkpoint_paths(run_dir: str, arch: str):
     return (os.path.join(run_dir, f"{arch}_last.pth"), os.path.join(run_dir, f"{arch}_best.pth"))
 
 
-def fit(task: Task, optimizer, loaders, args, run: RunLogger, meta: Dict[str, Any],
-        is_main: bool = True, distributed: bool = False) -> Dict[str, Any]:
-    """Train for ``args.epochs`` epochs; returns the run summary (also written to summary.json).
+class Trainer:
+    """One run's training around its task: resume, each epoch's schedule, steps, evaluation,
+    logging and best/last checkpoints. ``fit`` drives one trainer over its own loader; a group of
+    students (``helper.group``) drives several over shared batches, one step each per batch.
 
     ``meta`` goes into every checkpoint next to RepDistiller's keys (arch, num_classes, dataset,
     trial...). ``loaders`` has ``train``, ``test`` and optional ``val``.
     """
-    arch = meta["arch"]
-    last_path, best_path = checkpoint_paths(run.run_dir, arch)
-    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(args.device, args.amp) else None
-    best = BestTracker("val_acc" if loaders.val is not None else "test_acc")
-    start_epoch = 1
 
-    if args.resume:
+    def __init__(self, task: Task, optimizer, loaders, args, run: RunLogger, meta: Dict[str, Any],
+                 is_main: bool = True, distributed: bool = False):
+        self.task, self.optimizer, self.loaders, self.args, self.run, self.meta = task, optimizer, loaders, args, run, meta
+        self.is_main, self.distributed = is_main, distributed
+        self.last_path, self.best_path = checkpoint_paths(run.run_dir, meta["arch"])
+        self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(args.device, args.amp) else None
+        self.best = BestTracker("val_acc" if loaders.val is not None else "test_acc")
+        self.start_epoch = 1
+        self.record: Dict[str, Any] = {}
+        self.started = time.time()
+        self.acc: Optional[EpochAccumulator] = None
+
+    def resume(self):
+        """Load the last checkpoint (model, task state, optimiser, scaler, best, RNG)."""
+        task, optimizer, scaler, best, meta, last_path = (self.task, self.optimizer, self.scaler, self.best,
+                                                           self.meta, self.last_path)
         state = load_for_resume(last_path, expect={k: meta[k] for k in ("arch", "num_classes") if k in meta})
         try:      # a checkpoint of another run layout: one line, not a traceback
             task.model.load_state_dict(state["model"])
@@ -292,64 +318,94 @@ def fit(task: Task, optimizer, loaders, args, run: RunLogger, meta: Dict[str, An
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise ResumeError(f"--resume: {last_path} does not fit this run: {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
-        start_epoch = state["epoch"] + 1
-        run.truncate_metrics(state["epoch"])
-        run.info(f"resumed from {last_path} at epoch {state['epoch']}")
+        self.start_epoch = state["epoch"] + 1
+        self.run.truncate_metrics(state["epoch"])
+        self.run.info(f"resumed from {last_path} at epoch {state['epoch']}")
 
-    def save(path, epoch, record):
-        atomic_save({"model": task.model.state_dict(), "epoch": epoch,
-                     "best_acc": best.record.get("test_acc", record["test_acc"]),
+    def save(self, path, epoch, record):
+        scaler = self.scaler
+        atomic_save({"model": self.task.model.state_dict(), "epoch": epoch,
+                     "best_acc": self.best.record.get("test_acc", record["test_acc"]),
                      "test_acc": record["test_acc"], "test_acc_top5": record["test_acc_top5"],
-                     "optimizer": optimizer.state_dict(), "extra": task.extra_state(),
-                     "best": best.state(), "rng": rng_state(),
-                     **({"scaler": scaler.state_dict()} if scaler is not None else {}), **meta}, path)
+                     "optimizer": self.optimizer.state_dict(), "extra": self.task.extra_state(),
+                     "best": self.best.state(), "rng": rng_state(),
+                     **({"scaler": scaler.state_dict()} if scaler is not None else {}), **self.meta}, path)
 
-    record: Dict[str, Any] = {}
-    started = time.time()
-    for epoch in range(start_epoch, args.epochs + 1):
+    def begin_epoch(self, epoch: int):
+        args = self.args
         lr = lr_at(args, epoch)
-        set_lr(optimizer, lr)
-        loaders.train.set_epoch(epoch)
-        task.epoch_begin(epoch, args.epochs)
-        progress = Progress(len(loaders.train), epoch, args.epochs, args.print_freq,
-                            enabled=is_main and not getattr(args, "quiet", False))
-        t0 = time.time()
-        record = {"epoch": epoch, "lr": lr}
-        record.update(train_epoch(task, optimizer, loaders.train, epoch, args, scaler, progress, distributed))
-        if distributed:
+        set_lr(self.optimizer, lr)
+        self.loaders.train.set_epoch(epoch)
+        self.task.epoch_begin(epoch, args.epochs)
+        progress = Progress(len(self.loaders.train), epoch, args.epochs, args.print_freq,
+                            enabled=self.is_main and not getattr(args, "quiet", False))
+        self.t0 = time.time()
+        self.record = {"epoch": epoch, "lr": lr}
+        self.task.train_mode()
+        self.acc = EpochAccumulator(epoch, len(self.loaders.train), args, progress, self.distributed)
+
+    def train_batch(self, step: int, batch, epoch: int) -> StepOutput:
+        out = self.task.train_step(batch, epoch, self.optimizer, self.scaler,
+                                   autocast_context(self.args.device, self.args.amp))
+        self.acc.add(step, out)
+        return out
+
+    def end_epoch(self, epoch: int):
+        args, task, record, best, run = self.args, self.task, self.record, self.best, self.run
+        record.update(self.acc.record())
+        self.acc = None
+        if self.distributed:
             from .distributed import average_buffers
             average_buffers(task.trainable())
         record.update(task.epoch_metrics())
-        record["epoch_time"] = time.time() - t0
-        test = evaluate([task.model], loaders.test, args.device, args.amp)
+        record["epoch_time"] = time.time() - self.t0
+        test = evaluate([task.model], self.loaders.test, args.device, args.amp)
         record.update(test_acc=test["top1"][0], test_acc_top5=test["top5"][0], test_loss=test["loss"][0])
-        if loaders.val is not None:
-            val = evaluate([task.model], loaders.val, args.device, args.amp)
+        if self.loaders.val is not None:
+            val = evaluate([task.model], self.loaders.val, args.device, args.amp)
             record.update(val_acc=val["top1"][0], val_acc_top5=val["top5"][0], val_loss=val["loss"][0])
         improved = best.update(epoch, record)
         record["best_acc"] = best.record["test_acc"]
-        if is_main:
+        if self.is_main:
             run.log_epoch(record)
             run.info(f" * Epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f} | "
                      f"test acc {record['test_acc']:.2f} (top-5 {record['test_acc_top5']:.2f})"
                      + (f" | val acc {record['val_acc']:.2f}" if "val_acc" in record else "")
                      + f" | best {best.record['test_acc']:.2f} @ {best.epoch} | {record['epoch_time']:.1f}s")
             if improved:
-                save(best_path, epoch, record)
-            save(last_path, epoch, record)
+                self.save(self.best_path, epoch, record)
+            self.save(self.last_path, epoch, record)
             if epoch % args.save_freq == 0:
-                save(os.path.join(run.run_dir, f"ckpt_epoch_{epoch}.pth"), epoch, record)
+                self.save(os.path.join(run.run_dir, f"ckpt_epoch_{epoch}.pth"), epoch, record)
 
-    if not record:   # resumed a run that had already finished
-        record = dict(best.record)
-    summary = {
-        "status": "finished", "epochs": args.epochs,
-        "last_acc": record.get("test_acc"), "last_acc_top5": record.get("test_acc_top5"),
-        "best_acc": best.record.get("test_acc"), "best_acc_top5": best.record.get("test_acc_top5"),
-        "best_epoch": best.epoch, "best_chosen_on": "validation" if best.on == "val_acc" else "test",
-        "best_val_acc": best.record.get("val_acc"), "train_seconds": time.time() - started,
-        "last_checkpoint": last_path, "best_checkpoint": best_path,
-    }
-    if is_main:
-        run.write_summary(summary)
-    return summary
+    def finish(self) -> Dict[str, Any]:
+        """The run summary (also written to summary.json)."""
+        record, best = self.record, self.best
+        if not record:   # resumed a run that had already finished
+            record = dict(best.record)
+        summary = {
+            "status": "finished", "epochs": self.args.epochs,
+            "last_acc": record.get("test_acc"), "last_acc_top5": record.get("test_acc_top5"),
+            "best_acc": best.record.get("test_acc"), "best_acc_top5": best.record.get("test_acc_top5"),
+            "best_epoch": best.epoch, "best_chosen_on": "validation" if best.on == "val_acc" else "test",
+            "best_val_acc": best.record.get("val_acc"), "train_seconds": time.time() - self.started,
+            "last_checkpoint": self.last_path, "best_checkpoint": self.best_path,
+        }
+        if self.is_main:
+            self.run.write_summary(summary)
+        return summary
+
+
+def fit(task: Task, optimizer, loaders, args, run: RunLogger, meta: Dict[str, Any],
+        is_main: bool = True, distributed: bool = False) -> Dict[str, Any]:
+    """Train for ``args.epochs`` epochs; returns the run summary (also written to summary.json).
+    See ``Trainer`` for ``meta`` and ``loaders``."""
+    trainer = Trainer(task, optimizer, loaders, args, run, meta, is_main, distributed)
+    if args.resume:
+        trainer.resume()
+    for epoch in range(trainer.start_epoch, args.epochs + 1):
+        trainer.begin_epoch(epoch)
+        for step, batch in enumerate(loaders.train, start=1):
+            trainer.train_batch(step, batch, epoch)
+        trainer.end_epoch(epoch)
+    return trainer.finish()

@@ -35,6 +35,9 @@ NOT_RESULT = frozenset({
     "fuse_teachers", "compile", "deterministic", "command", "backend_mode", "trials", "trial_list",
     # teachers are identified by what their checkpoints hold (teacher_digests), not by name or path
     "teachers", "path_t", "model_t", "teacher_paths", "teacher_names", "teacher_acc", "ensemble_acc",
+    # the students trained alongside (train_student.py's groups): a student in a group is
+    # bit-identical to its solo run, so the group is no part of its configuration
+    "group",
 })
 
 LOCK_NAME = ".lock"

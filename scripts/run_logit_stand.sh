@@ -29,6 +29,14 @@
 #   MLKD  T 4, CE 0.1, KD 0.9  ->  --logit-stand --base-temp 2 --kd-weight 9 (weight 6 for vgg13->vgg8).
 # Runs without and with --logit-stand go to different --save_dir folders (their run names would
 # otherwise coincide for DKD and CTKD).
+#
+# Groups (README: "Several students in one run"): the methods of a pair whose flags agree apart from
+# --distill train as ONE process (--distill kd,ctkd): each batch loaded once, the teacher's forward once,
+# every student its own run folder, bit-identical to a separate run. Each loss's own flags (CTKD's
+# --t_start..., DKD's --dkd_*) are at their defaults where a group shares them, so names stay those of
+# separate runs. What cannot share a group: different -r/-a (given for KD/CTKD/MLKD without
+# --logit-stand, derived under it), MLKD's 480 epochs and learning rate, a different --base-temp,
+# --kd-weight or --dkd_beta.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,116 +64,76 @@ run() {   # run <save subfolder> <teacher arch> <student arch> <flags...>
 
 wanted() { [[ " $METHODS " == *" $1 "* ]] && [[ " $PAIRS " == *" $2 "* ]]; }
 
-KD_BASE="--distill kd -r 0.1 -a 0.9 --kd_T 4 --epochs 240"
-CTKD="--distill ctkd --t_start 1 --t_end 20 --decay_loops 10 --decay_max 0 --decay_min -1 --epochs 240"
-CTKD_BASE="$CTKD -r 0.1 -a 0.9"
-DKD_BASE="--distill dkd --dkd_alpha 1 --dkd_T 4 --dkd_warmup 20 --epochs 240"
+CTKD_FLAGS="--t_start 1 --t_end 20 --decay_loops 10 --decay_max 0 --decay_min -1"
+DKD_FLAGS="--dkd_alpha 1 --dkd_T 4 --dkd_warmup 20 --epochs 240"
 MLKD_BASE="--distill mlkd -r 0.1 -a 0.9 --kd_T 4 --epochs 480"
 
+pick() {   # pick <pair> <method>...: the wanted methods of the pair, comma-separated (a group's --distill)
+    local pair=$1 out=""
+    shift
+    for m in "$@"; do if wanted "$m" "$pair"; then out="${out:+$out,}$m"; fi; done
+    echo "$out"
+}
+
+group() {  # group <pair> <save subfolder> <teacher> <student> "<methods>" <flags...>: one run of the wanted methods
+    local pair=$1 sub=$2 t=$3 s=$4 list
+    list=$(pick "$pair" $5)
+    shift 5
+    if [ -n "$list" ]; then run "$sub" "$t" "$s" --distill "$list" "$@"; fi
+}
+
+# per pair: base KD+CTKD (-r 0.1 -a 0.9), base DKD, base MLKD; with --logit-stand the methods that
+# share --base-temp/--kd-weight (/--dkd_beta), then the others, then MLKD
+base() {   # base <pair> <teacher> <student> <dkd beta> <extra flags (learning rate)...>
+    local pair=$1 t=$2 s=$3 beta=$4
+    shift 4
+    group "$pair" base "$t" "$s" "kd ctkd" -r 0.1 -a 0.9 --kd_T 4 $CTKD_FLAGS --epochs 240 "$@"
+    group "$pair" base "$t" "$s" "dkd" $DKD_FLAGS --dkd_beta "$beta" "$@"
+}
+
 # --- resnet32x4 -> resnet8x4 ---------------------------------------------------------------------
-if wanted kd res32x4_res8x4; then
-    run base resnet32x4 resnet8x4 $KD_BASE
-    run ls   resnet32x4 resnet8x4 --distill kd --epochs 240 $LS --base-temp 2 --kd-weight 9
-fi
-if wanted ctkd res32x4_res8x4; then
-    run base resnet32x4 resnet8x4 $CTKD_BASE
-    run ls   resnet32x4 resnet8x4 $CTKD $LS --kd-weight 9
-fi
-if wanted dkd res32x4_res8x4; then
-    run base resnet32x4 resnet8x4 $DKD_BASE --dkd_beta 8
-    run ls   resnet32x4 resnet8x4 $DKD_BASE --dkd_beta 8 $LS --base-temp 2 --kd-weight 9
-fi
-if wanted mlkd res32x4_res8x4; then
-    run base resnet32x4 resnet8x4 $MLKD_BASE --learning_rate 0.025
-    run ls   resnet32x4 resnet8x4 --distill mlkd --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 9
-fi
+P=res32x4_res8x4
+base $P resnet32x4 resnet8x4 8
+group $P base resnet32x4 resnet8x4 "mlkd" -r 0.1 -a 0.9 --kd_T 4 --epochs 480 --learning_rate 0.025
+group $P ls resnet32x4 resnet8x4 "kd ctkd dkd" --epochs 240 $LS --base-temp 2 --kd-weight 9 $CTKD_FLAGS $DKD_FLAGS --dkd_beta 8
+group $P ls resnet32x4 resnet8x4 "mlkd" --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 9
 
 # --- vgg13 -> vgg8 -------------------------------------------------------------------------------
-if wanted kd vgg13_vgg8; then
-    run base vgg13 vgg8 $KD_BASE
-    run ls   vgg13 vgg8 --distill kd --epochs 240 $LS --base-temp 3 --kd-weight 9
-fi
-if wanted ctkd vgg13_vgg8; then
-    run base vgg13 vgg8 $CTKD_BASE
-    run ls   vgg13 vgg8 $CTKD $LS --kd-weight 9
-fi
-if wanted dkd vgg13_vgg8; then
-    run base vgg13 vgg8 $DKD_BASE --dkd_beta 6
-    run ls   vgg13 vgg8 $DKD_BASE --dkd_beta 6 $LS --base-temp 2 --kd-weight 9
-fi
-if wanted mlkd vgg13_vgg8; then
-    run base vgg13 vgg8 $MLKD_BASE --learning_rate 0.025
-    run ls   vgg13 vgg8 --distill mlkd --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 6
-fi
+P=vgg13_vgg8
+base $P vgg13 vgg8 6
+group $P base vgg13 vgg8 "mlkd" -r 0.1 -a 0.9 --kd_T 4 --epochs 480 --learning_rate 0.025
+group $P ls vgg13 vgg8 "kd" --epochs 240 $LS --base-temp 3 --kd-weight 9
+group $P ls vgg13 vgg8 "ctkd" $CTKD_FLAGS --epochs 240 $LS --kd-weight 9
+group $P ls vgg13 vgg8 "dkd" $DKD_FLAGS --dkd_beta 6 $LS --base-temp 2 --kd-weight 9
+group $P ls vgg13 vgg8 "mlkd" --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 6
 
 # --- wrn_40_2 -> wrn_16_2 ------------------------------------------------------------------------
-if wanted kd wrn40_2_wrn16_2; then
-    run base wrn_40_2 wrn_16_2 $KD_BASE
-    run ls   wrn_40_2 wrn_16_2 --distill kd --epochs 240 $LS --base-temp 2 --kd-weight 9
-fi
-if wanted ctkd wrn40_2_wrn16_2; then
-    run base wrn_40_2 wrn_16_2 $CTKD_BASE
-    run ls   wrn_40_2 wrn_16_2 $CTKD $LS --kd-weight 9
-fi
-if wanted dkd wrn40_2_wrn16_2; then
-    run base wrn_40_2 wrn_16_2 $DKD_BASE --dkd_beta 6
-    run ls   wrn_40_2 wrn_16_2 $DKD_BASE --dkd_beta 2 $LS --base-temp 2 --kd-weight 12
-fi
-if wanted mlkd wrn40_2_wrn16_2; then
-    run base wrn_40_2 wrn_16_2 $MLKD_BASE --learning_rate 0.025
-    run ls   wrn_40_2 wrn_16_2 --distill mlkd --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 9
-fi
+P=wrn40_2_wrn16_2
+base $P wrn_40_2 wrn_16_2 6
+group $P base wrn_40_2 wrn_16_2 "mlkd" -r 0.1 -a 0.9 --kd_T 4 --epochs 480 --learning_rate 0.025
+group $P ls wrn_40_2 wrn_16_2 "kd ctkd" --epochs 240 $LS --base-temp 2 --kd-weight 9 $CTKD_FLAGS
+group $P ls wrn_40_2 wrn_16_2 "dkd" $DKD_FLAGS --dkd_beta 2 $LS --base-temp 2 --kd-weight 12
+group $P ls wrn_40_2 wrn_16_2 "mlkd" --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 9
 
 # --- resnet56 -> resnet20 ------------------------------------------------------------------------
-if wanted kd res56_res20; then
-    run base resnet56 resnet20 $KD_BASE
-    run ls   resnet56 resnet20 --distill kd --epochs 240 $LS --base-temp 2 --kd-weight 9
-fi
-if wanted ctkd res56_res20; then
-    run base resnet56 resnet20 $CTKD_BASE
-    run ls   resnet56 resnet20 $CTKD $LS --kd-weight 9
-fi
-if wanted dkd res56_res20; then
-    run base resnet56 resnet20 $DKD_BASE --dkd_beta 2
-    run ls   resnet56 resnet20 $DKD_BASE --dkd_beta 2 $LS --base-temp 3 --kd-weight 18
-fi
-if wanted mlkd res56_res20; then
-    run base resnet56 resnet20 $MLKD_BASE --learning_rate 0.025
-    run ls   resnet56 resnet20 --distill mlkd --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 9
-fi
+P=res56_res20
+base $P resnet56 resnet20 2
+group $P base resnet56 resnet20 "mlkd" -r 0.1 -a 0.9 --kd_T 4 --epochs 480 --learning_rate 0.025
+group $P ls resnet56 resnet20 "kd ctkd" --epochs 240 $LS --base-temp 2 --kd-weight 9 $CTKD_FLAGS
+group $P ls resnet56 resnet20 "dkd" $DKD_FLAGS --dkd_beta 2 $LS --base-temp 3 --kd-weight 18
+group $P ls resnet56 resnet20 "mlkd" --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 9
 
 # --- wrn_40_2 -> resnet8x4 -----------------------------------------------------------------------
-if wanted kd wrn40_2_res8x4; then
-    run base wrn_40_2 resnet8x4 $KD_BASE
-    run ls   wrn_40_2 resnet8x4 --distill kd --epochs 240 $LS --base-temp 2 --kd-weight 9
-fi
-if wanted ctkd wrn40_2_res8x4; then
-    run base wrn_40_2 resnet8x4 $CTKD_BASE
-    run ls   wrn_40_2 resnet8x4 $CTKD $LS --kd-weight 9
-fi
-if wanted dkd wrn40_2_res8x4; then
-    run base wrn_40_2 resnet8x4 $DKD_BASE --dkd_beta 8
-    run ls   wrn_40_2 resnet8x4 $DKD_BASE --dkd_beta 8 $LS --base-temp 2 --kd-weight 9
-fi
-if wanted mlkd wrn40_2_res8x4; then
-    run base wrn_40_2 resnet8x4 $MLKD_BASE --learning_rate 0.025
-    run ls   wrn_40_2 resnet8x4 --distill mlkd --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 9
-fi
+P=wrn40_2_res8x4
+base $P wrn_40_2 resnet8x4 8
+group $P base wrn_40_2 resnet8x4 "mlkd" -r 0.1 -a 0.9 --kd_T 4 --epochs 480 --learning_rate 0.025
+group $P ls wrn_40_2 resnet8x4 "kd ctkd dkd" --epochs 240 $LS --base-temp 2 --kd-weight 9 $CTKD_FLAGS $DKD_FLAGS --dkd_beta 8
+group $P ls wrn_40_2 resnet8x4 "mlkd" --epochs 480 --learning_rate 0.025 $LS --base-temp 2 --kd-weight 9
 
 # --- ResNet50 -> MobileNetV2 (lr 0.01) -----------------------------------------------------------
-if wanted kd res50_mv2; then
-    run base ResNet50 MobileNetV2 $KD_BASE --learning_rate 0.01
-    run ls   ResNet50 MobileNetV2 --distill kd --epochs 240 --learning_rate 0.01 $LS --base-temp 3 --kd-weight 1
-fi
-if wanted ctkd res50_mv2; then
-    run base ResNet50 MobileNetV2 $CTKD_BASE --learning_rate 0.01
-    run ls   ResNet50 MobileNetV2 $CTKD --learning_rate 0.01 $LS --kd-weight 9
-fi
-if wanted dkd res50_mv2; then
-    run base ResNet50 MobileNetV2 $DKD_BASE --dkd_beta 8 --learning_rate 0.01
-    run ls   ResNet50 MobileNetV2 $DKD_BASE --dkd_beta 8 --learning_rate 0.01 $LS --base-temp 2 --kd-weight 9
-fi
-if wanted mlkd res50_mv2; then
-    run base ResNet50 MobileNetV2 $MLKD_BASE --learning_rate 0.01
-    run ls   ResNet50 MobileNetV2 --distill mlkd --epochs 480 --learning_rate 0.01 $LS --base-temp 2 --kd-weight 9
-fi
+P=res50_mv2
+base $P ResNet50 MobileNetV2 8 --learning_rate 0.01
+group $P base ResNet50 MobileNetV2 "mlkd" -r 0.1 -a 0.9 --kd_T 4 --epochs 480 --learning_rate 0.01
+group $P ls ResNet50 MobileNetV2 "kd" --epochs 240 --learning_rate 0.01 $LS --base-temp 3 --kd-weight 1
+group $P ls ResNet50 MobileNetV2 "ctkd dkd" --epochs 240 --learning_rate 0.01 $LS --base-temp 2 --kd-weight 9 $CTKD_FLAGS $DKD_FLAGS --dkd_beta 8
+group $P ls ResNet50 MobileNetV2 "mlkd" --epochs 480 --learning_rate 0.01 $LS --base-temp 2 --kd-weight 9

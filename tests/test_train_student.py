@@ -109,7 +109,7 @@ def one_line_error(capsys):
     (["--distill", "kd+attention:lots"], "--distill: weight of attention is 'lots'"),
     (["--distill", "kd+attention:-1"], "--distill: weight of attention is '-1'"),
     (["--distill", "kd+crd@MAJORITY"], "unknown ensemble strategy 'MAJORITY' for crd"),
-    (["--distill", "kd,hint"], "join terms with '+'"),
+    (["--distill", "kd,kd"], "--distill 'kd,kd' lists kd more than once"),
     (["--distill", "kd+hint+kd"], "kd appears twice"),
     (["--distill", "kd+hint@CAMKD"], "--distill hint@CAMKD needs at least 2 teachers"),
     (["--teacher_num", "1", "--ensemble_method", "CAMKD"], "CAMKD needs at least 2 teachers"),
