@@ -14,7 +14,7 @@
 # 2. the main job on synthetic CIFAR-100-sized data (50,000 + 10,000 images, 100 classes, 32 px):
 #    three resnet32x4 teachers for one epoch; a vgg8 student, --distill inter, two epochs under
 #    CAMKD, one under AEKD, two with --compile;
-# 3. the benchmarks (benchmarks/bench_student.py, bench_data.py, bench_teacher.py) on the GPU, and
+# 3. the benchmarks (benchmarks/bench_student.py, bench_teacher.py, bench_group.py, bench_data.py) on the GPU, and
 #    benchmarks/compare_graphs.py (captured CUDA-graph steps against eager steps);
 # 4. one summary: commit, device, PyTorch version, tests passed/failed, seconds per epoch of every
 #    run (metrics.jsonl's epoch_time), the benchmark ratios, peak GPU memory, and a last line
@@ -89,6 +89,7 @@ RUNS=(
 BENCH_STUDENT=("$PY" benchmarks/bench_student.py --device cuda)
 BENCH_DATA=("$PY" benchmarks/bench_data.py --device cuda --json)
 BENCH_TEACHER=("$PY" benchmarks/bench_teacher.py --device cuda)
+BENCH_GROUP=("$PY" benchmarks/bench_group.py --device cuda)
 # whole-step CUDA graphs (issue 18): 20 captured against 20 eager steps from the same state
 COMPARE_GRAPHS=("$PY" benchmarks/compare_graphs.py)
 
@@ -100,6 +101,7 @@ if [ "$DRY" = 1 ]; then
     echo "${COMPARE_GRAPHS[*]}"
     echo "${BENCH_STUDENT[*]}"
     echo "${BENCH_TEACHER[*]}"
+    echo "${BENCH_GROUP[*]}"
     echo "${BENCH_DATA[*]}"
     exit 0
 fi
@@ -186,6 +188,7 @@ bench() {   # bench NAME CMD...: a benchmark under the budget, its log and statu
 bench compare_graphs "${COMPARE_GRAPHS[@]}"
 bench bench_student "${BENCH_STUDENT[@]}"
 bench bench_teacher "${BENCH_TEACHER[@]}"
+bench bench_group "${BENCH_GROUP[@]}"
 bench bench_data "${BENCH_DATA[@]}"
 
 "$PY" - "$WORK" "$TESTS" "$(( $(date +%s) - STARTED ))" > "$LOGS/summary.txt" <<'EOF'
@@ -262,6 +265,11 @@ for mode, ours, plain, ratio, om, _ in rows:
     print(f"  {mode:>8s} {ours:>8s} {plain:>8s} {ratio:>7s}x {om:>7s} MiB")
 if code != 0 or not rows:
     problems.append(f"bench_teacher.py failed (see {logs}/bench_teacher.log)")
+code, _ = status("bench_group")
+ratio = re.search(r"^group of \d+: .*$", read("bench_group.log"), re.M)
+print("bench    bench_group.py: " + (ratio.group(0) if ratio else "no result"))
+if code != 0 or not ratio:
+    problems.append(f"bench_group.py failed (see {logs}/bench_group.log)")
 code, _ = status("bench_data")
 data = [json.loads(line) for line in read("bench_data.log").splitlines() if line.startswith("{")]
 if data:

@@ -28,10 +28,10 @@ def test_dry_run_prints_the_whole_check_in_order():
     kinds = ["pytest" if " -m pytest" in l else "teacher" if "train_teacher.py" in l else
              "student" if "train_student.py" in l else "bench_student" if "bench_student.py" in l else
              "bench_data" if "bench_data.py" in l else "compare_graphs" if "compare_graphs.py" in l else
-             "bench_teacher" if "bench_teacher.py" in l else "env"
+             "bench_teacher" if "bench_teacher.py" in l else "bench_group" if "bench_group.py" in l else "env"
              for l in lines]
     assert kinds == ["env", "pytest", "teacher", "student", "student", "student", "compare_graphs", "bench_student",
-                     "bench_teacher", "bench_data"]
+                     "bench_teacher", "bench_group", "bench_data"]
     assert lines[0] == "export CUBLAS_WORKSPACE_CONFIG=:4096:8"
 
     teacher = train_teacher.build_parser().parse_args(script_args(lines[2], "train_teacher.py"))
