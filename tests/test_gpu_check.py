@@ -4,6 +4,8 @@ import os
 import shlex
 import subprocess
 
+import pytest
+
 import train_student
 import train_teacher
 
@@ -53,6 +55,8 @@ def test_no_tests_drops_the_suite_and_nothing_is_installed():
     assert "pip install" not in text and "pip3 install" not in text    # a GPU uses the torch it has
 
 
-def test_unknown_option_is_a_one_line_error():
-    proc = subprocess.run(["bash", SCRIPT, "--bogus"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--bogus" in proc.stderr
+@pytest.mark.parametrize("argv, needle", [(["--bogus"], "--bogus"), (["--budget", "ten"], "--budget"),
+                                         (["--test-budget"], "--test-budget"), (["--out"], "--out")])
+def test_bad_option_is_a_one_line_error(argv, needle):
+    proc = subprocess.run(["bash", SCRIPT, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and needle in proc.stderr
