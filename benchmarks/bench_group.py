@@ -31,25 +31,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import dataset  # noqa: E402
 from helper.checkpoint import rng_state  # noqa: E402
-from helper.distill import StudentTask, build_terms  # noqa: E402
+from bench_common import student_config, student_task, sync  # noqa: E402
 from helper.group import RngStream, SharedTeachers  # noqa: E402
-from helper.loop import autocast_context  # noqa: E402
+from helper.execution import autocast_context  # noqa: E402
 from helper.teachers import TeacherEnsemble  # noqa: E402
 from models import model_dict  # noqa: E402
 
 METHODS = ("AVERAGE_LOSS", "EBKD", "AEKD", "CAMKD")
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def options(method):
-    return argparse.Namespace(
-        distill="inter", ensemble_method=method, kd_T=4.0, factor=2, convs=False, C=0.6, svm_norm=False,
-        gamma=1.0, alpha=1.0, beta=50.0, distill_decay=False, beta_delay_epochs=0, epochs=240, preact=False,
-        hint_layer=2, logit_stand=False, learning_rate=0.05)
 
 
 def build_students(args, teachers, device, num_classes, fmt):
@@ -57,11 +45,8 @@ def build_students(args, teachers, device, num_classes, fmt):
     shared view)."""
     out = []
     for method in args.methods:
-        torch.manual_seed(1)
-        student = model_dict[args.student](num_classes=num_classes).to(device, memory_format=fmt)
-        opt = options(method)
-        terms = build_terms(opt, student, teachers, num_classes, num_data=args.size, image_size=32).to(device)
-        task = StudentTask(student, teachers, terms, opt)
+        config = student_config(method, len(args.teachers), device)
+        task = student_task(config, teachers, args.student, num_classes, args.size, seed=1)
         optimizer = torch.optim.SGD(task.trainable().parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         task.train_mode()
         task.epoch_begin(2, 240)

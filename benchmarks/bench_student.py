@@ -42,59 +42,30 @@ sys.path.insert(0, HERE)
 import dataset  # noqa: E402
 from bench_data import NumpyCifar  # noqa: E402
 from distiller_zoo.KD import kd_loss  # noqa: E402
+from bench_common import peak_memory_mb, reset_peak, student_config, student_task, sync, teachers_on  # noqa: E402
 from helper import cuda_graphs  # noqa: E402
-from helper.distill import StudentTask, build_terms  # noqa: E402
-from helper.loop import autocast_context  # noqa: E402
-from helper.teachers import TeacherEnsemble  # noqa: E402
-from models import model_dict  # noqa: E402
+from helper.execution import autocast_context  # noqa: E402
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_mb(device):
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-
-
-def reset_peak(device):
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def options(method, args):
-    return argparse.Namespace(
-        distill="inter", ensemble_method=method, kd_T=4.0, factor=2, convs=False, C=0.6, svm_norm=False,
-        gamma=1.0, alpha=1.0, beta=50.0, distill_decay=False, beta_delay_epochs=0, epochs=240, preact=False,
-        hint_layer=2, logit_stand=False, learning_rate=0.05)
-
-
-def build(method, args, device, num_classes, channels_last):
-    torch.manual_seed(0)
-    teachers = [model_dict[name](num_classes=num_classes) for name in args.teachers]
-    student = model_dict[args.student](num_classes=num_classes)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    ensemble = TeacherEnsemble(teachers, list(args.teachers)).to(device, memory_format=fmt)
-    student = student.to(device, memory_format=fmt)
-    opt = options(method, args)
-    terms = build_terms(opt, student, ensemble, num_classes, num_data=args.size, image_size=32).to(device)
-    task = StudentTask(student, ensemble, terms, opt)
+def build(method, args, device, num_classes, channels_last, graphs="off"):
+    """Our student task for ``method`` (a resolved configuration) and its SGD optimiser."""
+    flags = ["--cuda_graphs", graphs] + ([] if channels_last else ["--no-channels_last", "--no-amp", "--no-fuse_teachers"])
+    config = student_config(method, len(args.teachers), device, *flags)
+    task = student_task(config, teachers_on(args.teachers, num_classes, config), args.student, num_classes, args.size)
     optimizer = torch.optim.SGD(task.trainable().parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    return task, optimizer
+    return task, optimizer, config
 
 
 def run_ours(method, args, device, num_classes, graphs="off"):
     """Our step (``StudentTask.train_step``), eager (``graphs="off"``) or under ``--cuda_graphs``
     ``graphs`` (capture falls back to the eager step, with its one-line reason, off CUDA)."""
     cuda = device.type == "cuda"
-    task, optimizer = build(method, args, device, num_classes, channels_last=cuda)
-    optimizer = cuda_graphs.install(task, optimizer, argparse.Namespace(cuda_graphs=graphs, device=str(device),
-                                                                        amp=cuda), log=print)
+    task, optimizer, config = build(method, args, device, num_classes, channels_last=cuda, graphs=graphs)
+    step, optimizer = cuda_graphs.step_function(task, optimizer, config, log=print)
     loaders = dataset.build_loaders("synthetic", batch_size=args.batch_size, device=device, seed=0,
                                     synthetic_train=args.size, synthetic_test=64, synthetic_classes=num_classes,
                                     drop_last=True)
+    autocast = autocast_context(str(device), config.amp)
     task.train_mode()
     task.epoch_begin(2, 240)
     reset_peak(device)
@@ -107,7 +78,7 @@ def run_ours(method, args, device, num_classes, graphs="off"):
                 start = time.perf_counter()
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            task.train_step((x, y), 2, optimizer, None, autocast_context(str(device), cuda))
+            step((x, y), 2, optimizer, None, autocast)
             done += 1
             images += x.shape[0] if done > args.warmup else 0
             if done == args.warmup + args.steps:
@@ -115,8 +86,7 @@ def run_ours(method, args, device, num_classes, graphs="off"):
     sync(device)
     rate = images / (time.perf_counter() - start)
     if args.profile:
-        print_profile(lambda: task.train_step((x, y), 2, optimizer, None, autocast_context(str(device), cuda)),
-                      device, f"{method}, --cuda_graphs {graphs}")
+        print_profile(lambda: step((x, y), 2, optimizer, None, autocast), device, f"{method}, --cuda_graphs {graphs}")
     return rate, peak_memory_mb(device)
 
 
@@ -146,7 +116,7 @@ def reference_weights_svm(grads, nu):
 
 
 def run_reference(method, args, device, num_classes):
-    task, optimizer = build(method, args, device, num_classes, channels_last=False)
+    task, optimizer, _ = build(method, args, device, num_classes, channels_last=False)
     data = dataset.build_loaders("synthetic", batch_size=args.batch_size, device="cpu", seed=0,
                                  synthetic_train=args.size, synthetic_test=64,
                                  synthetic_classes=num_classes).train

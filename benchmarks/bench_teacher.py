@@ -27,9 +27,11 @@ sys.path.insert(0, HERE)
 
 import dataset  # noqa: E402
 from bench_data import NumpyCifar  # noqa: E402
-from bench_student import peak_memory_mb, reset_peak, sync  # noqa: E402
+from bench_common import peak_memory_mb, reset_peak, sync  # noqa: E402
+import train_teacher  # noqa: E402
 from helper import cuda_graphs  # noqa: E402
-from helper.loop import ClassifierTask, autocast_context  # noqa: E402
+from helper.execution import autocast_context  # noqa: E402
+from helper.task import ClassifierTask  # noqa: E402
 from models import model_dict  # noqa: E402
 
 
@@ -68,8 +70,8 @@ def run_ours(args, device, graphs="off"):
     cuda = device.type == "cuda"
     model, optimizer = build(args, device, channels_last=cuda)
     task = ClassifierTask(model)
-    optimizer = cuda_graphs.install(task, optimizer, argparse.Namespace(cuda_graphs=graphs, device=str(device),
-                                                                        amp=cuda), log=print)
+    config = train_teacher.parse_args(["--model", args.model, "--device", str(device), "--cuda_graphs", graphs])[0]
+    step, optimizer = cuda_graphs.step_function(task, optimizer, config, log=print)
     train = loaders(args, device).train
     train.set_epoch(1)
     task.train_mode()
@@ -79,7 +81,7 @@ def run_ours(args, device, graphs="off"):
         for x, y in train:
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            task.train_step((x, y), 1, optimizer, None, autocast_context(str(device), cuda))
+            step((x, y), 1, optimizer, None, autocast_context(str(device), config.amp))
             yield x.shape[0]
     return timed(steps, args, device), peak_memory_mb(device)
 

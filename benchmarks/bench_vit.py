@@ -1,6 +1,6 @@
 """Seconds per training step of a vision-transformer student, alone (from scratch) or distilled
 from a CNN teacher at the data set's size with locality guidance (``--distill lg``), through the
-toolkit's own student step (``helper.distill.StudentTask``) and AdamW, on random CIFAR-shaped data.
+toolkit's own student step (``helper.student_step.StudentTask``) and AdamW, on random CIFAR-shaped data.
 Prints the step time and the epoch time it implies for CIFAR-100's 50,000 training images.
 
     python benchmarks/bench_vit.py --device cuda                                 # DeiT-Tiny at 224, batch 128
@@ -18,8 +18,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_student  # noqa: E402
-from helper.distill import StudentTask, build_terms  # noqa: E402
 from helper.schedule import build_optimizer  # noqa: E402
+from helper.student_run import make_objective  # noqa: E402
+from helper.student_step import StudentTask  # noqa: E402
 from helper.teachers import TeacherEnsemble  # noqa: E402
 from models import build_model, model_dict  # noqa: E402
 
@@ -29,29 +30,22 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-class ScratchTask:
-    def __init__(self, model):
-        self.model = model
-
-    def step(self, batch, epoch):
-        return Out(torch.nn.functional.cross_entropy(self.model(batch[0]), batch[1]))
-
-
-class Out:
-    def __init__(self, loss):
-        self.loss = loss
+def scratch_step(model):
+    """The student alone on its CE (no teacher forward), as a step function."""
+    def step(batch, epoch, optimizer):
+        loss = torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
 
 
-def time_steps(task, optimizer, batch, steps, warmup, device):
-    x, y = batch
+def time_steps(step, optimizer, batch, steps, warmup, device):
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)
             start = time.perf_counter()
-        out = task.step((x, y), epoch=2)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
+        step(batch, 2, optimizer)
     sync(device)
     return (time.perf_counter() - start) / steps
 
@@ -74,21 +68,19 @@ def main(argv=None):
           f"{torch.get_num_threads()} threads), {a.model} at {a.img_size} px, batch {a.batch}")
     for distill in ("none", "lg"):
         argv = ["--model_s", a.model, "--student_img_size", str(a.img_size), "--device", a.device,
-                "--optimizer", "adamw", "--learning_rate", "5e-4", "--weight_decay", "0.05"]
+                "--optimizer", "adamw", "--learning_rate", "5e-4", "--weight_decay", "0.05", "--beta_delay_epochs",
+                "0", "--no-amp"]
         argv += ["-a", "0", "-b", "0"] if distill == "none" else ["--distill", "lg", "-a", "0", "-b", "2.5"]
-        args = train_student.parse_args(argv)[1]
-        train_student.resolve_loss_weights(args, lambda _: None)
-        args.beta_delay_epochs = 0
+        config = train_student.parse_args(argv).shared
         torch.manual_seed(0)
         teachers = TeacherEnsemble([model_dict[a.teacher](num_classes=100)], [a.teacher]).to(a.device)
         student = build_model(a.model, 100, img_size=a.img_size).to(a.device)
-        terms = build_terms(args, student, teachers, 100, num_data=a.train_size, image_size=32).to(a.device)
-        task = StudentTask(student, teachers, terms, args)
+        task = StudentTask(make_objective(config, student, teachers, 100, a.train_size, 32))
         task.train_mode()
-        optimizer = build_optimizer(task.trainable(), args)
-        if distill == "none":   # from scratch: the student and its CE alone, no teacher forward
-            task = ScratchTask(student)
-        sec = time_steps(task, optimizer, batch, a.steps, a.warmup, a.device)
+        optimizer = build_optimizer(task.trainable(), config)
+        # from scratch: the student and its CE alone, no teacher forward
+        step = scratch_step(student) if distill == "none" else task.train_step
+        sec = time_steps(step, optimizer, batch, a.steps, a.warmup, a.device)
         epoch = sec * a.train_size / a.batch
         print(f"{'from scratch' if distill == 'none' else '--distill lg (+ ' + a.teacher + ' at 32 px)'}: "
               f"{sec:.3f} s/step, {a.batch / sec:.1f} img/s, {epoch / 60:.1f} min per {a.train_size}-image epoch")

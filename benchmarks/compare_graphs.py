@@ -29,40 +29,38 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 STEPS = 20
 LR_CHANGE_AT, EPOCH_CHANGE_AT = 8, 14
 
 
 def make_task(kind, method, args, device):
-    from helper.distill import StudentTask, build_terms
-    from helper.loop import ClassifierTask
-    from helper.teachers import TeacherEnsemble
+    """``(task, configuration)``: a teacher (``ClassifierTask``) or a CA-MKD student, built as the
+    scripts build them."""
+    from bench_common import student_config, student_task, teachers_on
+    from helper.task import ClassifierTask
     from models import model_dict
-    import train_student
     torch.manual_seed(0)
-    fmt = torch.channels_last
+    amp = ["--amp" if args.amp else "--no-amp"]
+    config = student_config(method or "AVERAGE_LOSS", len(args.teachers), device, *amp)   # a teacher reads its step flags
     if kind == "teacher":
-        return ClassifierTask(model_dict[args.student](num_classes=args.classes).to(device, memory_format=fmt))
-    opt = train_student.build_parser().parse_args([])
-    vars(opt).update(distill="inter", ensemble_method=method, gamma=1.0, alpha=1.0, beta=50.0,
-                     beta_delay_epochs=0, device=str(device), epochs=240)
-    teachers = TeacherEnsemble([model_dict[a](num_classes=args.classes) for a in args.teachers],
-                               list(args.teachers)).to(device, memory_format=fmt)
-    student = model_dict[args.student](num_classes=args.classes).to(device, memory_format=fmt)
-    terms = build_terms(opt, student, teachers, args.classes, num_data=1000, image_size=32).to(device)
-    return StudentTask(student, teachers, terms, opt)
+        fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+        return ClassifierTask(model_dict[args.student](num_classes=args.classes).to(device, memory_format=fmt)), config
+    return student_task(config, teachers_on(args.teachers, args.classes, config), args.student, args.classes,
+                        1000), config
 
 
-def train(task, mode, batches, args, device):
+def train(built, mode, batches, args, device):
     """20 steps in ``mode`` (off: plain SGD, eager; static; capture); (losses, state)."""
-    from helper.cuda_graphs import install
-    from helper.loop import autocast_context
+    from bench_common import sync
+    from helper.cuda_graphs import step_function
+    from helper.execution import autocast_context
     from helper.schedule import set_lr
+    task, config = built
     optimizer = torch.optim.SGD(task.trainable().parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     lines = []
-    optimizer = install(task, optimizer, argparse.Namespace(cuda_graphs=mode, device=str(device), amp=args.amp),
-                        lines.append)
+    step, optimizer = step_function(task, optimizer, config.replace(cuda_graphs=mode), lines.append)
     if mode == "capture" and any("runs eagerly" in line for line in lines):
         raise RuntimeError(lines[-1])
     task.train_mode()
@@ -74,9 +72,9 @@ def train(task, mode, batches, args, device):
         if k == EPOCH_CHANGE_AT:
             epoch = 2
             task.epoch_begin(epoch, 240)
-        out = task.train_step(batch, epoch, optimizer, None, autocast_context(str(device), args.amp))
+        out = step(batch, epoch, optimizer, None, autocast_context(str(device), args.amp))
         losses.append(out.loss.detach().float().clone())
-    torch.cuda.synchronize(device)
+    sync(device)
     # GraphedStep falls back to the eager step when a capture fails (it logs why): then the
     # "captured" run was eager and agrees with the eager run trivially (AEKD on an H200, 2026-11-28)
     if mode == "capture" and any("capture failed" in line for line in lines):

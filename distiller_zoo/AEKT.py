@@ -138,8 +138,8 @@ class AEKT(Distiller):
                                "(1: as fast as the student, which ran away on digits; issue 16) [reconstructed]")
 
     @classmethod
-    def configure(cls, args, given):
-        return logit_stand_scale(args, ("aekt_alpha", "aekt_beta"))
+    def configure(cls, opts, given):
+        return logit_stand_scale(opts, ("aekt_alpha", "aekt_beta"))
 
     def __init__(self, ctx):
         super().__init__(ctx)

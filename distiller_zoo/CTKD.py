@@ -100,8 +100,8 @@ class CTKD(Distiller):
                           help="CTKD: gradient multiplier after --decay_loops epochs (reference: -1, reversed)")
 
     @classmethod
-    def configure(cls, args, given):
-        return logit_stand_weights(args, given, "CTKD", "the learned temperature (--base-temp unused)")
+    def configure(cls, opts, given):
+        return logit_stand_weights(opts, given, "CTKD", "the learned temperature (--base-temp unused)")
 
     def __init__(self, ctx):
         super().__init__(ctx)

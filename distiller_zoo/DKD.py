@@ -98,8 +98,8 @@ class DKD(Distiller):
                           help="epochs over which the DKD loss ramps in linearly (paper: 20)")
 
     @classmethod
-    def configure(cls, args, given):
-        return logit_stand_scale(args, ("dkd_alpha", "dkd_beta"), ", CE weight unchanged")
+    def configure(cls, opts, given):
+        return logit_stand_scale(opts, ("dkd_alpha", "dkd_beta"), ", CE weight unchanged")
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -44,7 +44,7 @@ authors' teachers); the loss reads their logits the same way. The student predic
 """
 from __future__ import annotations
 
-from .base import Distiller, TeacherLoss, add_argument_once
+from .base import Configured, Distiller, TeacherLoss, add_argument_once
 from .dirichlet import ACTIVATIONS, distribution_kl, evidential_ce, expected_ce, mean_kl
 from .DKD import warmup_factor
 from .KD import standardize
@@ -91,13 +91,14 @@ class EKD(Distiller):
                           help="EKD: second-order evidence, alpha = log1p(act(z/T)) + c (authors: softplus)")
 
     @classmethod
-    def configure(cls, args, given):
-        if float(args.ekd_w_ce) <= 0:
-            return []
+    def configure(cls, opts, given):
+        if float(opts.ekd_w_ce) <= 0:
+            return Configured()
         if "gamma" in given:
-            return [f"ekd: evidential CE (--ekd_w_ce {args.ekd_w_ce}) in the loss, softmax CE -r {args.gamma} as given"]
-        args.gamma = 0.0
-        return [f"ekd: evidential CE (--ekd_w_ce {args.ekd_w_ce}) in the loss replaces the softmax CE: -r = 0"]
+            return Configured(notes=[f"ekd: evidential CE (--ekd_w_ce {opts.ekd_w_ce}) in the loss, softmax CE "
+                                     f"-r {opts.gamma} as given"])
+        return Configured({"gamma": 0.0}, [f"ekd: evidential CE (--ekd_w_ce {opts.ekd_w_ce}) in the loss replaces "
+                                           f"the softmax CE: -r = 0"])
 
     def __init__(self, ctx):
         super().__init__(ctx)

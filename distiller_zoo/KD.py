@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .argtypes import positive_float
-from .base import Distiller, TeacherLoss, add_argument_once
+from .base import Configured, Distiller, TeacherLoss, add_argument_once
 from .registry import register_distiller
 
 STD_EPS = 1e-7
@@ -97,39 +97,36 @@ def kd_temperature(opt) -> float:
     return opt.base_temp if opt.logit_stand else opt.kd_T
 
 
-def logit_stand_scale(args, flags: Sequence[str], note: str = "") -> List[str]:
-    """Under ``--logit-stand``, multiply each of a loss's own weight flags (``dkd_alpha``, ...) by
-    ``--kd-weight`` (DKD-like losses: the CE weight stays). Returns a note for the log."""
-    if not args.logit_stand:
-        return []
-    w = float(args.kd_weight)
-    changes = []
-    for flag in flags:
-        old = float(getattr(args, flag))
-        setattr(args, flag, old * w)
-        changes.append(f"--{flag} {old} -> {old * w}")
-    return [f"--logit-stand: {', '.join(changes)} (times --kd-weight {w}){note}; logits Z-scored per "
-            f"sample, temperature --base-temp {args.base_temp}"]
+def logit_stand_scale(opts, flags: Sequence[str], note: str = "") -> Configured:
+    """Under ``--logit-stand``, each of a loss's own weight flags (``dkd_alpha``, ...) times
+    ``--kd-weight`` (DKD-like losses: the CE weight stays), with a note for the log."""
+    if not opts.logit_stand:
+        return Configured()
+    w = float(opts.kd_weight)
+    changes = {flag: float(getattr(opts, flag)) * w for flag in flags}
+    said = ", ".join(f"--{flag} {float(getattr(opts, flag))} -> {value}" for flag, value in changes.items())
+    return Configured(changes, [f"--logit-stand: {said} (times --kd-weight {w}){note}; logits Z-scored per "
+                                f"sample, temperature --base-temp {opts.base_temp}"])
 
 
-def logit_stand_weights(args, given: set, who: str, temperature: str = "") -> List[str]:
+def logit_stand_weights(opts, given: set, who: str, temperature: str = "") -> Configured:
     """The authors' weights under ``--logit-stand`` for KD-like losses (KD, MLKD, CTKD): ``-a`` =
-    ``--kd-weight`` and ``-r`` = 0.1, each unless given explicitly. Returns a note for the log."""
-    if not args.logit_stand:
-        return []
-    parts = []
+    ``--kd-weight`` and ``-r`` = 0.1, each unless given explicitly, with a note for the log."""
+    if not opts.logit_stand:
+        return Configured()
+    parts, changes = [], {}
     if "alpha" in given:
-        parts.append(f"-a {args.alpha} as given (not --kd-weight {args.kd_weight})")
+        parts.append(f"-a {opts.alpha} as given (not --kd-weight {opts.kd_weight})")
     else:
-        args.alpha = float(args.kd_weight)
-        parts.append(f"{who} weight -a = --kd-weight {args.alpha}")
+        changes["alpha"] = float(opts.kd_weight)
+        parts.append(f"{who} weight -a = --kd-weight {changes['alpha']}")
     if "gamma" in given:
-        parts.append(f"-r {args.gamma} as given")
+        parts.append(f"-r {opts.gamma} as given")
     else:
-        args.gamma = LOGIT_STAND_CE_WEIGHT
+        changes["gamma"] = LOGIT_STAND_CE_WEIGHT
         parts.append(f"CE weight -r = {LOGIT_STAND_CE_WEIGHT}")
-    temperature = temperature or f"temperature --base-temp {args.base_temp}"
-    return [f"--logit-stand: {', '.join(parts)}; logits Z-scored per sample, {temperature}"]
+    temperature = temperature or f"temperature --base-temp {opts.base_temp}"
+    return Configured(changes, [f"--logit-stand: {', '.join(parts)}; logits Z-scored per sample, {temperature}"])
 
 
 @register_distiller("kd")
@@ -153,8 +150,8 @@ class KD(Distiller):
                           help="logit-loss weight under --logit-stand (authors: 9)")
 
     @classmethod
-    def configure(cls, args, given):
-        return logit_stand_weights(args, given, "KD")
+    def configure(cls, opts, given):
+        return logit_stand_weights(opts, given, "KD")
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Distiller, TeacherLoss
+from .base import Configured, Distiller, TeacherLoss
 from .KD import as_float, kd_loss, kd_temperature, logit_stand_weights
 from .registry import register_distiller
 
@@ -140,15 +140,13 @@ class MLKD(Distiller):
     views = ("strong",)
 
     @classmethod
-    def configure(cls, args, given):
-        if args.logit_stand:
-            return logit_stand_weights(args, given, "MLKD")
-        notes = []
-        for flag, name, value in (("gamma", "-r", MLKD_CE_WEIGHT), ("alpha", "-a", MLKD_KD_WEIGHT)):
-            if flag not in given:
-                setattr(args, flag, value)
-                notes.append(f"{name} {value}")
-        return [f"MLKD: the authors' weights {', '.join(notes)} (CE 0.1, KD 0.9)"] if notes else []
+    def configure(cls, opts, given):
+        if opts.logit_stand:
+            return logit_stand_weights(opts, given, "MLKD")
+        changes = {flag: value for flag, value in (("gamma", MLKD_CE_WEIGHT), ("alpha", MLKD_KD_WEIGHT))
+                   if flag not in given}
+        said = [f"{'-r' if flag == 'gamma' else '-a'} {value}" for flag, value in changes.items()]
+        return Configured(changes, [f"MLKD: the authors' weights {', '.join(said)} (CE 0.1, KD 0.9)"] if said else [])
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from torch import Tensor
@@ -69,6 +69,15 @@ class TeacherLoss:
 
 
 
+@dataclass(frozen=True)
+class Configured:
+    """What a loss's ``configure`` hook decides before the run is built: the settings it changes
+    (flag name -> value) and the notes the log prints. The hook returns it; the run's resolution
+    (``helper.objective.resolve_objective``) applies it, so the hook never writes to the options."""
+    changes: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+
 def add_argument_once(parser: argparse.ArgumentParser, *flags, **kwargs):
     """Several distillers may share a flag (``--feat_dim``); the first registration wins."""
     existing = {s for action in parser._actions for s in action.option_strings}
@@ -104,15 +113,17 @@ class Distiller(nn.Module):
         """Add the flags this loss owns (use ``add_argument_once``)."""
 
     @classmethod
-    def configure(cls, args: argparse.Namespace, given: set) -> List[str]:
-        """Adjust defaults in ``args`` before the run is built; return notes for the log.
+    def configure(cls, opts, given: set) -> Configured:
+        """Defaults that depend on other flags, decided before the run is built: returns the
+        settings to change and notes for the log (``Configured``); ``opts`` is read-only.
 
-        Called once by ``train_student.py`` for each loss class that makes one of the run's terms
-        (the ``--distill`` class, and KD next to a feature loss), before unset loss weights are
-        filled. ``given`` is the set of loss-weight flags the user typed (``"gamma"``, ``"alpha"``,
+        Called once during the run's resolution for each loss class that makes one of the run's
+        terms (the ``--distill`` class, and KD next to a feature loss), in the terms' order (each
+        hook sees the changes of the hooks before it), before unset loss weights are filled.
+        ``given`` is the set of loss-weight flags the user typed (``"gamma"``, ``"alpha"``,
         ``"beta"`` for ``-r``/``-a``/``-b``); a hook must not override those. Example: under
         ``--logit-stand`` KD sets ``-a`` to ``--kd-weight`` and ``-r`` to 0.1 unless given."""
-        return []
+        return Configured()
 
     def __init__(self, ctx: BuildContext):
         super().__init__()

@@ -17,6 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser):
         cls.add_arguments(parser)
 
 
+def option_names() -> frozenset:
+    """The names (``dest``) of every loss's and strategy's flags: what a distiller or strategy of a
+    run is given (``BuildContext.opt``), as ``default_options`` gives them outside a run."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return frozenset(a.dest for a in parser._actions)
+
+
 def default_options(**overrides) -> argparse.Namespace:
     """The losses' and strategies' options at their command-line defaults, with ``overrides``
     (flag names as attributes, e.g. ``kd_T=2.0``); a misspelt name is a ``TypeError``."""

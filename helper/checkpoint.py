@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
+from .errors import ResumeError
+
 
 def _write_atomically(path: str, write: Callable, prefix: str, suffix: str, binary: bool):
     folder = os.path.dirname(os.path.abspath(path))
@@ -50,6 +52,11 @@ def atomic_write_text(path: str, text: str):
     _write_atomically(path, lambda f: f.write(text), "." + os.path.basename(path) + ".", ".tmp", binary=False)
 
 
+def checkpoint_paths(run_dir: str, arch: str):
+    """``(last, best)``: a run's ``<arch>_last.pth`` and ``<arch>_best.pth`` (RepDistiller's names)."""
+    return (os.path.join(run_dir, f"{arch}_last.pth"), os.path.join(run_dir, f"{arch}_best.pth"))
+
+
 def rng_state() -> Dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -61,10 +68,6 @@ def set_rng_state(state: Dict[str, Any]):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class ResumeError(ValueError):
-    """A one-line explanation of why ``--resume`` cannot continue a run."""
 
 
 # what a checkpoint written by this code holds beyond RepDistiller's keys, and needs to resume

@@ -12,7 +12,8 @@ ensemble weights, the optimiser step -- once and replays it with one launch:
   momentum buffers, autograd's streams), each on a real batch: no batch is trained twice;
 * the graph is re-captured at each epoch, because the objective reads the epoch as a Python value
   (CA-MKD's ``--beta_delay_epochs``/``--distill_decay`` weights, DKD's warm-up...);
-* the loop accumulates the step's outputs on the device after each replay (``helper.meters``).
+* the trainer accumulates the step's outputs (losses, accuracy, the teachers' weight shares) on
+  the device after each replay (``helper.trainer.EpochAccumulator``).
 
 ``--cuda_graphs`` modes:
   off      the plain eager step (the default);
@@ -34,10 +35,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, List
 
 import torch
 from torch import Tensor
+
+from distiller_zoo.argtypes import positive_int
+
+from .execution import needs_grad_scaler
 
 MODES = ("off", "static", "capture", "compile")
 WARMUP_STEPS = 3        # eager steps on a side stream before each capture (PyTorch's docs use 3)
@@ -51,19 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser):
                         "torch.compile(mode='reduce-overhead') (compile); static runs the restructured "
                         "step eagerly (a check). Default off; it becomes capture for CUDA once "
                         "scripts/gpu_check.sh has verified it")
-    g.add_argument("--eval_batch_size", type=int, default=None,
+    g.add_argument("--eval_batch_size", type=positive_int, default=None,
                    help="batch size of evaluation (default: 1024 on CUDA, --batch_size elsewhere; "
                         "evaluation results do not depend on it)")
 
 
-def eval_batch_size(args) -> int:
+def eval_batch_size(config) -> int:
     """The evaluation batch: the flag, else 1024 on CUDA (fewer launches), else ``--batch_size``
     (CPU runs keep today's numbers bit for bit)."""
-    if args.eval_batch_size is not None:
-        if args.eval_batch_size < 1:
-            raise ValueError(f"--eval_batch_size must be a positive integer, got {args.eval_batch_size}")
-        return args.eval_batch_size
-    return 1024 if str(args.device).startswith("cuda") else args.batch_size
+    if config.eval_batch_size is not None:
+        return config.eval_batch_size
+    return 1024 if str(config.device).startswith("cuda") else config.batch_size
 
 
 # -- the learning rate as a device tensor ------------------------------------------------------------
@@ -144,36 +147,23 @@ class DeviceLRSGD(torch.optim.SGD):
 
 # -- what cannot be captured -------------------------------------------------------------------------
 
-def capture_blockers(task, optimizer, args, scaler=None, distributed: bool = False) -> List[str]:
+def capture_blockers(task, optimizer, config, scaler=None, distributed: bool = False) -> List[str]:
     """Why this run's step cannot be captured (empty: it can). Each reason is a short phrase."""
     reasons = []
-    if not str(args.device).startswith("cuda"):
-        reasons.append(f"device {args.device} is not CUDA")
-    if scaler is not None or _needs_scaler(args):
+    if not str(config.device).startswith("cuda"):
+        reasons.append(f"device {config.device} is not CUDA")
+    if scaler is not None or (config.amp and needs_grad_scaler(str(config.device), True)):
         reasons.append("the fp16 gradient scaler reads the host each step")
-    if getattr(args, "compile", False):
+    if config.compile:
         reasons.append("--compile is not combined with a hand-made capture (--cuda_graphs compile does both)")
     if distributed:
         reasons.append("DistributedDataParallel under torchrun is not captured here")
     if not isinstance(optimizer, DeviceLRSGD):
         reasons.append(f"optimiser {type(optimizer).__name__} has no device-lr step here (SGD only)")
-    for obj in _step_objects(task):
-        if not getattr(obj, "capturable", True):
+    for obj in task.step_objects():
+        if not obj.capturable:
             reasons.append(f"{type(obj).__name__}: {obj.not_capturable_because}")
     return list(dict.fromkeys(reasons))
-
-
-def _needs_scaler(args) -> bool:
-    from .loop import needs_grad_scaler
-    return bool(getattr(args, "amp", False)) and needs_grad_scaler(str(args.device), True)
-
-
-def _step_objects(task) -> List[Any]:
-    """The task and every loss and ensemble strategy its step runs."""
-    objs = [task]
-    for term in getattr(task, "terms", []):
-        objs += list(term.distillers) + [term.strategy]
-    return objs
 
 
 # -- the graphed step ---------------------------------------------------------------------------------
@@ -210,24 +200,24 @@ def _no_cache(autocast):
 
 
 class GraphedStep:
-    """``task.train_step`` restructured for CUDA graphs; call it like ``train_step``.
+    """A step function restructured for CUDA graphs; call it like the step it wraps
+    (``task.train_step``).
 
     ``mode="static"`` copies each batch into static buffers and runs the step eagerly (any
     device); ``mode="capture"`` warms up on a side stream, captures at the first step of each
     epoch after warm-up, and replays. A batch whose shapes differ from the static buffers (a last
-    partial batch without ``drop_last``) runs eagerly on its own tensors."""
+    partial batch without ``drop_last``) runs eagerly on its own tensors. The step's output is the
+    captured one (its tensors are rewritten by each replay): the trainer reads it after each step."""
 
-    def __init__(self, task, mode: str, log: Callable[[str], None] = print, warmup: int = WARMUP_STEPS):
+    def __init__(self, step, mode: str, log: Callable[[str], None] = print, warmup: int = WARMUP_STEPS):
         if mode not in ("static", "capture"):
             raise ValueError(f"GraphedStep: mode {mode!r}; expected static or capture")
-        self.task, self.mode, self.log, self.warmup = task, mode, log, warmup
-        self.eager_step = task.train_step
+        self.eager_step, self.mode, self.log, self.warmup = step, mode, log, warmup
         self.static = None
         self.sig = None
         self.graph = None
         self.graph_epoch = None
         self.out = None
-        self.shares: Dict[str, Tensor] = {}
         self.warm = 0
         self.captures = 0
         self.replays = 0
@@ -266,71 +256,45 @@ class GraphedStep:
         return out
 
     def _capture(self, epoch, optimizer, autocast):
-        task = self.task
-        # The student task adds each step's ensemble-weight shares to a dict and counts steps in
-        # Python: inside a graph that would run once, at capture. Capture the shares alone and
-        # add them after every replay instead.
-        sums, steps = getattr(task, "_weight_sums", None), getattr(task, "_steps", None)
-        if sums is not None:
-            task._weight_sums = {}
         self.graph = torch.cuda.CUDAGraph()
         optimizer.zero_grad(set_to_none=True)
-        try:
-            with torch.cuda.graph(self.graph):
-                self.out = self.eager_step(self.static, epoch, optimizer, None, _no_cache(autocast))
-        finally:
-            if sums is not None:
-                self.shares = dict(task._weight_sums)
-                task._weight_sums, task._steps = sums, steps
+        with torch.cuda.graph(self.graph):
+            self.out = self.eager_step(self.static, epoch, optimizer, None, _no_cache(autocast))
         self.graph_epoch = epoch
         self.captures += 1
 
     def _replay(self):
         self.graph.replay()
         self.replays += 1
-        task = self.task
-        if getattr(task, "_weight_sums", None) is not None:
-            for key, share in self.shares.items():
-                task._weight_sums[key] = task._weight_sums.get(key, 0) + share.clone()
-            task._steps += 1
         return self.out
 
 
-def install(task, optimizer, args, log: Callable[[str], None], scaler=None, distributed: bool = False):
-    """Apply ``--cuda_graphs`` to a built task and its SGD optimiser; returns the optimiser to use.
+def step_function(task, optimizer, config, log: Callable[[str], None], scaler=None, distributed: bool = False):
+    """``--cuda_graphs`` applied to a built task and its SGD optimiser: ``(step function, optimiser)``
+    for the trainer.
 
-    ``off`` changes nothing. ``static``/``capture`` swap in ``DeviceLRSGD`` and wrap the task's
-    step (``capture`` falls back to the eager step, with a line naming why, where it cannot run);
-    ``compile`` compiles the networks with ``mode="reduce-overhead"`` on CUDA."""
-    mode = args.cuda_graphs
+    ``off``: the task's eager ``train_step``. ``static``/``capture``: ``DeviceLRSGD`` in place of SGD
+    and the step wrapped in ``GraphedStep`` (``capture`` runs eagerly, with a line naming why, where
+    it cannot be captured). ``compile``: the networks compiled with ``mode="reduce-overhead"`` on
+    CUDA, the step itself eager."""
+    mode = config.cuda_graphs
     if mode == "off":
-        return optimizer
+        return task.train_step, optimizer
     if mode == "compile":
-        _compile_reduce_overhead(task, args, log)
-        return optimizer
+        if not str(config.device).startswith("cuda"):
+            log(f"--cuda_graphs compile: reduce-overhead compiles CUDA graphs; on {config.device} the step runs eagerly")
+        else:
+            task.compile(log, mode="reduce-overhead")
+            log("--cuda_graphs compile: the trained network runs under torch.compile(mode='reduce-overhead')")
+        return task.train_step, optimizer
     if isinstance(optimizer, torch.optim.SGD) and not isinstance(optimizer, DeviceLRSGD):
-        optimizer = DeviceLRSGD.from_sgd(optimizer, args.device)
+        optimizer = DeviceLRSGD.from_sgd(optimizer, config.device)
     if mode == "capture":
-        reasons = capture_blockers(task, optimizer, args, scaler, distributed)
+        reasons = capture_blockers(task, optimizer, config, scaler, distributed)
         if reasons:
             log(f"--cuda_graphs capture: the step runs eagerly ({'; '.join(reasons)})")
-            return optimizer
-    task.train_step = GraphedStep(task, mode, log)
+            return task.train_step, optimizer
     log(f"--cuda_graphs {mode}: " + ("the training step is captured once per epoch and replayed"
                                      if mode == "capture" else
                                      "the step restructured for capture runs eagerly (static buffers, device lr)"))
-    return optimizer
-
-
-def _compile_reduce_overhead(task, args, log):
-    if not str(args.device).startswith("cuda"):
-        log(f"--cuda_graphs compile: reduce-overhead compiles CUDA graphs; on {args.device} the step runs eagerly")
-        return
-    if not hasattr(torch, "compile"):
-        log("--cuda_graphs compile: this torch has no torch.compile; the step runs eagerly")
-        return
-    if hasattr(task, "student_fn"):
-        task.student_fn = torch.compile(task.model, mode="reduce-overhead")
-    elif hasattr(task, "net"):
-        task.net = torch.compile(task.net, mode="reduce-overhead")
-    log("--cuda_graphs compile: the trained network runs under torch.compile(mode='reduce-overhead')")
+    return GraphedStep(task.train_step, mode, log), optimizer

@@ -37,28 +37,43 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(args) -> DistContext:
-    """Join the process group torchrun describes (env: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*),
-    choose this rank's device and split the global batch. A no-op without torchrun."""
+def context_from_env() -> DistContext:
+    """This process's place in a torchrun job (env: RANK, WORLD_SIZE, LOCAL_RANK), read without
+    joining anything; a single process without torchrun."""
     if not launched_by_torchrun():
         return DistContext()
-    ctx = DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    cuda = str(args.device).startswith("cuda")
-    if cuda:
+    return DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def rank_settings(ctx: DistContext, device: str, batch_size: int) -> dict:
+    """The settings that differ per process under torchrun: this rank's device (``cuda:<local
+    rank>``) and its share of the global ``--batch_size``, which is kept as ``global_batch_size``.
+    Empty for a single process; a ``ValueError`` (one line) for a job that cannot run."""
+    if not ctx.enabled:
+        return {}
+    out = {}
+    if str(device).startswith("cuda"):
         gpus = torch.cuda.device_count()
         if ctx.local_rank >= gpus:   # NCCL needs one GPU per process
             raise ValueError(f"torchrun started process {ctx.local_rank} on a node with {gpus} GPU(s); use "
                              f"--nproc_per_node {gpus} or at most that many, or --device cpu (gloo)")
-        args.device = f"cuda:{ctx.local_rank}"
-        torch.cuda.set_device(ctx.local_rank)
+        out["device"] = f"cuda:{ctx.local_rank}"
+    if batch_size % ctx.world_size:
+        raise ValueError(f"--batch_size {batch_size} is the global batch and must be divisible by the "
+                         f"{ctx.world_size} processes")
+    return dict(out, global_batch_size=batch_size, batch_size=batch_size // ctx.world_size)
+
+
+def join(ctx: DistContext, device: str):
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on the CPU); a no-op for a
+    single process."""
+    if not ctx.enabled:
+        return
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    if args.batch_size % ctx.world_size:
-        raise ValueError(f"--batch_size {args.batch_size} is the global batch and must be divisible by the "
-                         f"{ctx.world_size} processes")
-    args.global_batch_size = args.batch_size
-    args.batch_size //= ctx.world_size
-    return ctx
 
 
 def cleanup(ctx: DistContext):

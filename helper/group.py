@@ -4,7 +4,8 @@
 product of the lists (and ``--logit-stand both``) together: each batch is loaded and augmented
 once per distinct set of views, the teachers run forward once per batch and view (their outputs
 are shared: ``SharedTeachers``), and every student takes its own step on it with its own
-connectors, optimiser, schedule, run folder and checkpoints (``helper.loop.Trainer``).
+connectors, optimiser, schedule, run folder and checkpoints (``helper.trainer.Trainer``); the loop
+is ``helper.trainer.fit``, the one every run takes (a solo run is a group of one).
 
 The promise: on the CPU a student trained in a group is bit-identical to the same student trained
 alone with the same seed and flags. A solo run draws from three sources of randomness:
@@ -32,11 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 
 from .checkpoint import rng_state, set_rng_state
+from .errors import RunError
+from .trainer import Member, member_step
 
 
 class SharedTeachers:
@@ -86,26 +89,6 @@ class RngStream:
         return False
 
 
-@dataclasses.dataclass
-class Member:
-    """One student of a group: its flags, its run, its RNG stream and (once built) its trainer;
-    ``views`` keys the loader it draws from; ``with_index`` whether its losses take the index."""
-    args: Any
-    name: str
-    run_dir: str
-    views: tuple
-    with_index: bool
-    stream: Optional[RngStream] = None
-    trainer: Any = None
-    run: Any = None
-    summary: Optional[Dict[str, Any]] = None
-
-
-def member_batch(batch, with_index: bool):
-    """The loader's batch as the student's own solo loader yields it (no index unless it takes it)."""
-    return batch if with_index or len(batch) < 3 else batch[:2]
-
-
 def students_that_fit(total: int, base: int, peaks: Sequence[int]) -> int:
     """How many students fit in ``total`` bytes of device memory, from the memory in use before the
     group's first step (``base``: teachers, data) and the peak after each student's first step
@@ -135,57 +118,14 @@ def describe_memory(device, peaks: Sequence[int], base: int) -> str:
             f"per student)")
 
 
-class GroupOutOfMemory(RuntimeError):
+class GroupOutOfMemory(RunError):
     """The group's first step ran out of device memory; the message says how many would fit."""
 
 
-def fit_group(members: List[Member], loaders_by_views: Dict[tuple, Any], teachers: SharedTeachers, args,
-              log: Callable[[str], None]) -> None:
-    """Train every member for ``args.epochs`` epochs on shared batches. Each member's trainer has
-    been built and resumed inside its own stream; members that resumed further along skip the
-    epochs they have (a kill between two members' checkpoints)."""
-    start = min(m.trainer.start_epoch for m in members)
-    device = torch.device(args.device)
-    first = True
-    for epoch in range(start, args.epochs + 1):
-        active = [m for m in members if m.trainer.start_epoch <= epoch]
-        for m in active:
-            with m.stream:
-                m.trainer.begin_epoch(epoch)
-        for loader in loaders_by_views.values():
-            loader.train.set_epoch(epoch)
-        iterators = {views: iter(loader.train) for views, loader in loaders_by_views.items()}
-        steps = len(next(iter(loaders_by_views.values())).train)
-        for step in range(1, steps + 1):
-            batches = {views: next(it) for views, it in iterators.items()}
-            teachers.clear()
-            if first:
-                first_step(active, batches, step, epoch, device, log)
-                first = False
-                continue
-            for m in active:
-                member_step(m, batches, step, epoch)
-        teachers.clear()
-        for m in active:
-            with m.stream:
-                m.trainer.end_epoch(epoch)
-
-
-def member_step(m: Member, batches, step: int, epoch: int):
-    """One student's step on the shared batch, in its own RNG stream; a non-finite loss names the
-    student (``exc.member``)."""
-    from .loop import NonFiniteLoss
-    try:
-        with m.stream:
-            m.trainer.train_batch(step, member_batch(batches[m.views], m.with_index), epoch)
-    except NonFiniteLoss as exc:
-        exc.member = m
-        raise
-
-
-def first_step(active: List[Member], batches, step: int, epoch: int, device, log):
+def measured_first_step(active: List[Member], batches, step: int, epoch: int, device, log):
     """The group's first step, measured: peak device memory after each student's step; on CUDA an
     out-of-memory error becomes ``GroupOutOfMemory`` saying how many students would fit."""
+    device = torch.device(device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)

@@ -14,10 +14,13 @@ import os
 import time
 from typing import Dict, List, Optional
 
+from .checkpoint import atomic_write_text
+from .errors import RunError
+
 MANIFEST_NAME = "manifest.json"
 
 
-class ManifestError(ValueError):
+class ManifestError(RunError, ValueError):
     """One-line problem with the manifest or one of its entries."""
 
 
@@ -80,7 +83,6 @@ def add_teacher(path: str, *, model: str, dataset: str, trial, checkpoint: str, 
              "path": os.path.relpath(os.path.abspath(checkpoint), folder),
              "best_acc": best_acc, "last_acc": last_acc, "num_classes": num_classes,
              "recorded": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra or {})}
-    from .checkpoint import atomic_write_text
     with _locked(path):
         teachers = read_manifest(path)
         teachers[name] = entry

@@ -13,6 +13,8 @@ import zlib
 
 import torch
 
+from models import get_model_cfg
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (no usage block), exit status 2."""
@@ -66,7 +68,7 @@ def folder_path(text) -> str:
 def add_optimization_arguments(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("optimisation (RepDistiller defaults)")
     g.add_argument("--batch_size", type=positive_int, default=64)
-    g.add_argument("--epochs", type=int, default=240)
+    g.add_argument("--epochs", type=positive_int, default=240)
     g.add_argument("--learning_rate", type=positive_float, default=None,
                    help="default 0.05, or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 (RepDistiller)")
     g.add_argument("--lr_decay_epochs", type=str, default="150,180,210",
@@ -82,7 +84,7 @@ def add_optimization_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--warmup_epochs", type=non_negative_int, default=0,
                    help="linear warm-up from 0.001 x the learning rate over this many first epochs")
     g.add_argument("--min_lr", type=non_negative_float, default=0.0, help="the cosine schedule's floor (--cosine)")
-    g.add_argument("--drop_path", type=float, default=0.0,
+    g.add_argument("--drop_path", type=unit_interval_float, default=0.0,
                    help="stochastic depth rate of the (student) vision transformer, e.g. 0.1")
     g.add_argument("--train_view", type=str, default="standard",
                    help="the training augmentation: standard (crop + flip) or strong (crop + flip + "
@@ -113,17 +115,16 @@ def add_run_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--quiet", action="store_true", help="no per-step progress output")
 
 
-def model_options(args, name: str, imagenet: bool, img_size=None) -> dict:
+def model_options(drop_path: float, name: str, imagenet: bool, img_size=None) -> dict:
     """Constructor options for ``name`` from ``--drop_path`` and an image size, checked against the
     options the model registered (the vision transformers take both; CNNs neither); a ValueError
     with a one-line message otherwise."""
-    from models import get_model_cfg
     accepted = get_model_cfg(name, imagenet).options
     options = {}
-    if args.drop_path:
+    if drop_path:
         if "drop_path" not in accepted:
-            raise ValueError(f"--drop_path {args.drop_path}: {name} has no drop path (the vision transformers do)")
-        options["drop_path"] = args.drop_path
+            raise ValueError(f"--drop_path {drop_path}: {name} has no drop path (the vision transformers do)")
+        options["drop_path"] = drop_path
     if img_size is not None and "img_size" in accepted:
         options["img_size"] = img_size
     return options
@@ -146,58 +147,30 @@ def trial_seed(base_seed: int, trial: str) -> int:
     return base_seed + offset
 
 
-def resolve_device(parser, name):
+def resolve_device(parser, name) -> str:
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         fail(parser, f"--device expects cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         fail(parser, f"--device {name}: CUDA is not available on this machine")
-    return device
+    return str(device)
 
 
-def validate_common(parser, args, default_lr: float):
-    """Check and normalise the shared flags in place; returns args."""
-    if args.epochs < 1:
-        fail(parser, f"--epochs must be a positive integer, got {args.epochs}")
-    if args.batch_size < 1:
-        fail(parser, f"--batch_size must be a positive integer, got {args.batch_size}")
-    if args.learning_rate is None:
-        args.learning_rate = default_lr
-    if args.resume and args.overwrite:
+def resolve_common(parser, ns, default_lr: float) -> dict:
+    """The shared flags checked and their derived values (``ns`` is not changed): the model's
+    default learning rate, the decay milestones as integers, the device and what follows from it
+    (``--amp``, ``--channels_last``), and the command line for the record."""
+    if ns.resume and ns.overwrite:
         fail(parser, "--resume continues a run and --overwrite replaces it: give one of them")
-    if args.min_lr >= args.learning_rate:
-        fail(parser, f"--min_lr must be below --learning_rate, got {args.min_lr} >= {args.learning_rate}")
-    if not 0 <= args.drop_path < 1:
-        fail(parser, f"--drop_path must lie in [0, 1), got {args.drop_path}")
-    args.lr_decay_epochs = parse_decay_epochs(parser, args.lr_decay_epochs)
-    args.device = str(resolve_device(parser, args.device))
-    if args.amp is None:
-        args.amp = args.device.startswith("cuda")
-    if args.channels_last is None:
-        args.channels_last = args.device.startswith("cuda")
-    args.command = " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
-    return args
-
-
-def configure_backend(args) -> str:
-    """``--deterministic``: reproducible kernels (slower on GPU); otherwise cuDNN autotuning.
-    Returns a line for the log saying what is in force and what it costs."""
-    if getattr(args, "deterministic", False):
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        return ("deterministic mode: deterministic algorithms on, cuDNN autotuning off; on a GPU this is "
-                "slower (no autotuned or atomics-based kernels) and an op without a deterministic version "
-                "stops the run with an error; CPU runs are reproducible either way")
-    if str(args.device).startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
-        return "fast mode: cuDNN autotuning on (GPU results vary slightly between runs; --deterministic fixes that)"
-    return "CPU run: reproducible for a fixed seed and thread count"
-
-
-def memory_format(args):
-    return torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format
+    learning_rate = default_lr if ns.learning_rate is None else ns.learning_rate
+    if ns.min_lr >= learning_rate:
+        fail(parser, f"--min_lr must be below --learning_rate, got {ns.min_lr} >= {learning_rate}")
+    device = resolve_device(parser, ns.device)
+    cuda = device.startswith("cuda")
+    return dict(learning_rate=learning_rate, lr_decay_epochs=parse_decay_epochs(parser, ns.lr_decay_epochs),
+                device=device, amp=cuda if ns.amp is None else ns.amp,
+                channels_last=cuda if ns.channels_last is None else ns.channels_last,
+                command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from .runfolder import NOT_RESULT
+from .run_identity import NOT_RESULT
 
 # Flags that identify a trial or a place, not a configuration: those that do not change a result
 # (helper.runfolder's one list) and those that tell trials of one configuration apart. ``epochs``

@@ -14,13 +14,16 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
+import numpy
 import torch
+
+from .checkpoint import atomic_write_text
 
 
 def to_jsonable(value):
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
@@ -35,7 +38,6 @@ def to_jsonable(value):
 
 def write_json(path: str, obj: Any):
     """Atomically: a full disk or Ctrl-C leaves the old file (or none), never a 0-byte one."""
-    from .checkpoint import atomic_write_text
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
@@ -54,7 +56,6 @@ def git_commit() -> Optional[str]:
 
 
 def environment_info(device: str) -> Dict[str, Any]:
-    import numpy
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -69,6 +70,9 @@ def environment_info(device: str) -> Dict[str, Any]:
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
     return info
+
+
+HISTORY_KEYS = ("command", "started", "git_commit", "device", "device_name")   # one entry of run_info's history
 
 
 class RunLogger:
@@ -89,7 +93,7 @@ class RunLogger:
                 for name in os.listdir(run_dir):
                     if name in ("metrics.jsonl", "summary.json", "log.txt") or name.startswith("events.out.tfevents"):
                         os.remove(os.path.join(run_dir, name))
-            if tensorboard:
+            if tensorboard:     # imported here: it adds about a second to every start (--help, errors)
                 from torch.utils.tensorboard import SummaryWriter
                 self._tb = SummaryWriter(log_dir=run_dir)
 
@@ -105,12 +109,24 @@ class RunLogger:
         """args.json (the resolved flags: a resume may only have changed those that do not change
         the result) and run_info.json, which keeps the first start and a history of every start."""
         if self.enabled:
-            from .runfolder import record_start
             write_json(os.path.join(self.run_dir, "args.json"), args)
-            info = dict(extra, history=[{k: extra[k] for k in ("command", "started", "git_commit", "device")
-                                         if extra.get(k) is not None}]) \
-                if self.fresh else record_start(self.run_dir, extra)
-            write_json(os.path.join(self.run_dir, "run_info.json"), info)
+            write_json(os.path.join(self.run_dir, "run_info.json"), self.start_record(extra))
+
+    def start_record(self, info: Dict[str, Any]) -> Dict[str, Any]:
+        """run_info.json: the first start's information and a ``history`` of every start (command,
+        time, commit, device), so a resume never hides the command that began the run."""
+        entry = {k: info.get(k) for k in HISTORY_KEYS if info.get(k) is not None}
+        old = None
+        if not self.fresh:
+            try:
+                with open(os.path.join(self.run_dir, "run_info.json")) as f:
+                    old = json.load(f)
+            except (OSError, json.JSONDecodeError):
+                old = None
+        if not isinstance(old, dict):
+            return dict(info, history=[entry])
+        history = old.get("history") or [{k: old.get(k) for k in entry if old.get(k) is not None}]
+        return dict(old, history=list(history) + [entry])
 
     def log_epoch(self, record: Dict[str, Any]):
         if not self.enabled:
@@ -137,7 +153,6 @@ class RunLogger:
                         kept.append(line if line.endswith("\n") else line + "\n")
                 except (ValueError, KeyError, TypeError):
                     continue
-        from .checkpoint import atomic_write_text
         atomic_write_text(path, "".join(kept))
 
     def write_summary(self, summary: Dict[str, Any]):

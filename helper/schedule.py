@@ -3,7 +3,8 @@ warm-up and cosine floor of the vision-transformer recipe, and the optimiser."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,12 +33,32 @@ def warmup_lr(base_lr: float, epoch: int, warmup_epochs: int) -> float:
     return start + (epoch - 1) * (base_lr - start) / warmup_epochs
 
 
-def lr_at(args, epoch: int) -> float:
-    if epoch - 1 < args.warmup_epochs:
-        return warmup_lr(args.learning_rate, epoch, args.warmup_epochs)
-    if getattr(args, "cosine", False):
-        return cosine_lr(args.learning_rate, epoch, args.epochs, args.min_lr)
-    return step_lr(args.learning_rate, epoch, args.lr_decay_epochs, args.lr_decay_rate)
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning-rate schedule's settings (``--learning_rate``, ``--warmup_epochs``, ``--cosine``,
+    ``--min_lr``, ``--lr_decay_epochs``, ``--lr_decay_rate`` over ``--epochs``)."""
+    learning_rate: float
+    epochs: int
+    warmup_epochs: int = 0
+    cosine: bool = False
+    min_lr: float = 0.0
+    lr_decay_epochs: Tuple[int, ...] = ()
+    lr_decay_rate: float = 0.1
+
+    @classmethod
+    def of(cls, config) -> "LRSchedule":
+        return cls(config.learning_rate, config.epochs, config.warmup_epochs, config.cosine, config.min_lr,
+                   tuple(config.lr_decay_epochs), config.lr_decay_rate)
+
+
+def lr_at(schedule, epoch: int) -> float:
+    """The learning rate of ``epoch`` (from 1) under ``schedule`` (an ``LRSchedule`` or a run
+    configuration, which has the same settings)."""
+    if epoch - 1 < schedule.warmup_epochs:
+        return warmup_lr(schedule.learning_rate, epoch, schedule.warmup_epochs)
+    if schedule.cosine:
+        return cosine_lr(schedule.learning_rate, epoch, schedule.epochs, schedule.min_lr)
+    return step_lr(schedule.learning_rate, epoch, schedule.lr_decay_epochs, schedule.lr_decay_rate)
 
 
 def set_lr(optimizer, lr: float):
@@ -65,10 +86,10 @@ def decay_groups(module: nn.Module, weight_decay: float):
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def build_optimizer(module: nn.Module, args) -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, config) -> torch.optim.Optimizer:
     """``--optimizer sgd``: RepDistiller's SGD (momentum, nesterov, every parameter decayed);
     ``adamw``: AdamW with the no-decay split above (betas 0.9, 0.999)."""
-    if args.optimizer == "adamw":
-        return torch.optim.AdamW(decay_groups(module, args.weight_decay), lr=args.learning_rate)
-    return torch.optim.SGD(module.parameters(), lr=args.learning_rate, momentum=args.momentum,
-                           weight_decay=args.weight_decay, nesterov=args.nesterov)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(decay_groups(module, config.weight_decay), lr=config.learning_rate)
+    return torch.optim.SGD(module.parameters(), lr=config.learning_rate, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov)

@@ -8,10 +8,10 @@ optimiser on the classification loss of the grafted output. Here it works for on
 paper) or several (each decision picks a teacher or none); ``distiller_zoo.routing`` has the
 pieces and ``docs/spot_adaptive.md`` the formulation.
 
-One step (``SpotAdaptiveTask``; the order is the reference's):
-  1. teachers and student forward (``StudentTask``), the policy's decisions (``route``);
+One step (``helper.student_step`` with a ``SpotRouting``; the order is the reference's):
+  1. teachers and student forward, the policy's decisions (``SpotRouting.decide``);
   2. every term's loss with the routing masks multiplied into its ensemble weights, then the
-     graft pass and the policy loss ``L_p`` (``finish_step``): the end of the forward;
+     graft pass and the policy loss ``L_p`` (``finish``): the end of the forward;
   3. the policy optimiser: ``zero_grad``, ``backward(L_p)``, ``step`` (``update_policy``, outside
      DistributedDataParallel's forward);
   4. the main optimiser: ``zero_grad`` (dropping the student gradients that ``L_p`` left),
@@ -31,16 +31,16 @@ loss is back-propagated without a gradient scaler.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 
 from distiller_zoo.routing import MODES, SpotRouter, distiller_rows, plan_spots
 from distiller_zoo.routing.router import FAVOUR_BIAS
 
-from .checkpoint import ResumeError
 from .distributed import average_gradients
-from .distill import StudentTask
-from .schedule import lr_at
+from .errors import ResumeError
+from .schedule import LRSchedule, lr_at
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -88,7 +88,7 @@ def same_family(student, teacher, student_shapes=None, teacher_shapes=None) -> b
     return [tuple(s) for s in student_shapes] == [tuple(t) for t in teacher_shapes]
 
 
-def build_router(args, student, teachers, terms, num_classes: int, image_size: int) -> SpotRouter:
+def build_router(options, student, teachers, terms, num_classes: int, image_size: int) -> SpotRouter:
     """The run's spots (from where its losses read), policy and adapters."""
     s_shapes = student.feature_shapes(image_size)
     t_shapes = [t.feature_shapes(image_size) for t in teachers.models]
@@ -100,16 +100,19 @@ def build_router(args, student, teachers, terms, num_classes: int, image_size: i
             for m, d in enumerate(term.distillers)]
         relational[term.key] = any(getattr(d, "relational", False) for d in term.distillers)
     plan = plan_spots(term_rows, relational, s_shapes, t_shapes)
-    homo = args.policy_homo
+    homo = options.homo
     favour = [m for m, t in enumerate(teachers.models)
               if homo == "yes" or (homo == "auto" and same_family(student, t, s_shapes, t_shapes[m]))]
     param = next(student.parameters())
-    return SpotRouter(plan, s_shapes, t_shapes, mode=args.spot_mode, tau=args.policy_tau,
-                      classify_weight=args.classify_weight, favour=favour).to(param.device)
+    return SpotRouter(plan, s_shapes, t_shapes, mode=options.mode, tau=options.tau,
+                      classify_weight=options.classify_weight, favour=favour).to(param.device)
 
 
-class SpotAdaptiveTask(StudentTask):
-    """The student task with spot-adaptive routing (see the module docstring)."""
+class SpotRouting:
+    """Spot-adaptive routing for the student's step (``helper.student_step``): the policy network
+    and its adapters (``SpotRouter``), its own optimiser, and the three points where it joins the
+    step (see the module docstring): ``decide`` before the terms, ``finish`` at the end of the
+    forward, ``update_policy`` before the student's backward."""
 
     # --cuda_graphs capture (helper/cuda_graphs.py) steps eagerly for routing, and says so: a
     # relational loss is evaluated on each teacher's routed samples (boolean-mask subsets: shapes
@@ -119,43 +122,42 @@ class SpotAdaptiveTask(StudentTask):
     not_capturable_because = ("spot-adaptive routing evaluates relational losses on data-dependent "
                               "subsets and steps the policy's own optimiser (not captured)")
 
-    def __init__(self, student, teachers, terms, args, router: SpotRouter):
-        super().__init__(student, teachers, terms, args)
-        self.router = router
-        self.policy_optimizer = torch.optim.SGD(router.parameters(), lr=args.learning_rate * args.policy_lr_ratio,
-                                                momentum=args.momentum, weight_decay=args.policy_weight_decay)
+    def __init__(self, router: SpotRouter, options: RoutingOptions):
+        self.router, self.options = router, options
+        self.policy_optimizer = torch.optim.SGD(router.parameters(), lr=options.schedule.learning_rate
+                                                * options.policy_lr_ratio, momentum=options.momentum,
+                                                weight_decay=options.policy_weight_decay)
 
     def describe(self) -> str:
-        plan, r = self.router.plan, self.router
+        plan, r, o = self.router.plan, self.router, self.options
         rows = "; ".join(f"{key}: " + ", ".join(plan.spots[k].label for k in ks) for key, ks in plan.term_rows.items())
         return (f"==> spot-adaptive ({r.mode}, {r.num_teachers} teacher(s), {r.num_teachers + 1} options per "
                 f"decision): spots {', '.join(r.labels)} ({rows}); policy tau {r.tau}, classify weight "
                 f"{r.classify_weight}, start-up bias +{FAVOUR_BIAS:g} towards teachers {r.favoured or 'none'}; "
-                f"policy lr x{self.args.policy_lr_ratio}, weight decay {self.args.policy_weight_decay}")
+                f"policy lr x{o.policy_lr_ratio}, weight decay {o.policy_weight_decay}")
 
-    def train_mode(self):
-        super().train_mode()
+    def train(self):
         self.router.train()
 
-    def epoch_begin(self, epoch, epochs):
-        super().epoch_begin(epoch, epochs)
-        lr = lr_at(self.args, epoch) * self.args.policy_lr_ratio
+    def epoch_begin(self, epoch: int):
+        lr = lr_at(self.options.schedule, epoch) * self.options.policy_lr_ratio
         for group in self.policy_optimizer.param_groups:
             group["lr"] = lr
 
-    def route(self, s_out, t_outs, batch):
+    def decide(self, s_out, t_outs, batch):
+        """Per-sample routing decisions for this step (the masks the terms multiply in)."""
         return self.router.step(self.router.decide(s_out, t_outs))
 
-    def finish_step(self, out, routing, s_out, t_outs, batch):
-        """The graft pass and the policy loss, in the forward (``update_policy`` trains on it)."""
+    def finish(self, out, routing, s_out, batch, student, teachers):
+        """The end of the forward: the spots' usage figures, and (when the policy learns) the graft
+        pass and the policy loss, which ``update_policy`` trains on."""
         decision = routing.decision
         out.metrics.update({k: v.detach() for k, v in self.router.usage(decision).items()})
         if self.router.learns:
-            graft_logits = self.router.graft(batch.images, decision.y, self.model, self.teachers.models)
+            graft_logits = self.router.graft(batch.images, decision.y, student, teachers.models)
             policy_loss, figures = self.router.policy_loss(graft_logits, batch.labels, s_out.logits, decision.y)
             out.aux_losses["policy"] = policy_loss
             out.metrics.update(figures)
-        return out
 
     def update_policy(self, out):
         """The policy optimiser's step on the policy loss, outside DDP's forward."""
@@ -169,14 +171,10 @@ class SpotAdaptiveTask(StudentTask):
         average_gradients(params)         # across ranks in a distributed run; a no-op otherwise
         self.policy_optimizer.step()
 
-    def extra_state(self):
-        state = super().extra_state()
-        state["spot_router"] = self.router.state_dict()
-        state["spot_optimizer"] = self.policy_optimizer.state_dict()
-        return state
+    def state(self):
+        return {"spot_router": self.router.state_dict(), "spot_optimizer": self.policy_optimizer.state_dict()}
 
-    def load_extra_state(self, state):
-        super().load_extra_state(state)
+    def load_state(self, state):
         if "spot_router" not in state or "spot_optimizer" not in state:
             raise ResumeError("--resume: the checkpoint has no spot-adaptive policy (it was not saved by a "
                               "--spot_adaptive run)")
@@ -188,6 +186,25 @@ class SpotAdaptiveTask(StudentTask):
         self.policy_optimizer.load_state_dict(state["spot_optimizer"])
 
 
-def build_spot_task(args, student, teachers, terms, num_classes: int, image_size: int) -> SpotAdaptiveTask:
-    return SpotAdaptiveTask(student, teachers, terms, args,
-                            build_router(args, student, teachers, terms, num_classes, image_size))
+@dataclass(frozen=True)
+class RoutingOptions:
+    """What the routing reads of the run configuration."""
+    mode: str
+    tau: float
+    classify_weight: float
+    homo: str
+    policy_lr_ratio: float
+    policy_weight_decay: float
+    momentum: float
+    schedule: LRSchedule
+
+    @classmethod
+    def of(cls, config) -> "RoutingOptions":
+        return cls(config.spot_mode, config.policy_tau, config.classify_weight, config.policy_homo,
+                   config.policy_lr_ratio, config.policy_weight_decay, config.momentum, LRSchedule.of(config))
+
+
+def build_routing(config, student, teachers, terms, num_classes: int, image_size: int) -> SpotRouting:
+    """The run's routing: its spots (from where its losses read), policy, adapters and optimiser."""
+    options = RoutingOptions.of(config)
+    return SpotRouting(build_router(options, student, teachers, terms, num_classes, image_size), options)

@@ -20,6 +20,8 @@ import torch.nn as nn
 
 from distiller_zoo.base import NetOutput
 
+from .execution import maybe_compile
+
 
 def freeze(model: nn.Module) -> nn.Module:
     model.eval()
@@ -78,7 +80,6 @@ class TeacherEnsemble:
     def _forwards(self):
         if self._compile_log is None:
             return list(self.models)
-        from .loop import maybe_compile
         return [maybe_compile(m, self._compile_log, f"teacher {n}") for m, n in zip(self.models, self.names)]
 
     def __len__(self):
@@ -120,7 +121,6 @@ class TeacherEnsemble:
                 if key not in self._fused:
                     fused = _FusedGroup([self.models[i] for i in group]).to(images.device)
                     if self._compile_log is not None:
-                        from .loop import maybe_compile
                         fused.forward = maybe_compile(fused.forward, self._compile_log,
                                                       f"teachers {', '.join(self.names[i] for i in group)} (fused)")
                     self._fused[key] = fused

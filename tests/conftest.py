@@ -12,9 +12,6 @@ import torch
 
 import train_student
 import train_teacher
-from helper.distill import StudentTask, build_terms
-from helper.teachers import TeacherEnsemble
-from models import model_dict
 
 
 @pytest.fixture(autouse=True)
@@ -156,47 +153,20 @@ class Interrupt(Exception):
 
 @contextlib.contextmanager
 def dies_at_step(task_cls, epoch, step=1):
-    """Within the block, ``task_cls.step`` raises ``Interrupt`` at the ``step``-th step of ``epoch``
-    (counted from 1), as a job killed there would stop; the class is restored afterwards."""
-    original = task_cls.step
+    """Within the block, ``task_cls.train_step`` raises ``Interrupt`` at the ``step``-th step of
+    ``epoch`` (counted from 1), as a job killed there would stop; the class is restored afterwards."""
+    original = task_cls.train_step
     calls = {"n": 0}
 
-    def interrupted(self, batch, e):
+    def interrupted(self, batch, e, *args, **kwargs):
         if e == epoch:
             calls["n"] += 1
             if calls["n"] == step:
                 raise Interrupt()
-        return original(self, batch, e)
+        return original(self, batch, e, *args, **kwargs)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(task_cls, "step", interrupted)
+        m.setattr(task_cls, "train_step", interrupted)
         yield
-
-
-def student_options(**overrides):
-    """train_student.py's options at their parser defaults (the ones source of truth), with
-    ``overrides`` by attribute name; a misspelt name fails. ``-r/-a/-b`` default to 1, 1, 0 here
-    (the script fills them from the objective) and the device is the CPU."""
-    args = train_student.build_parser().parse_args([])
-    vars(args).update(gamma=1.0, alpha=1.0, beta=0.0, ensemble_method="AVERAGE_LOSS", device="cpu")
-    unknown = sorted(set(overrides) - set(vars(args)))
-    assert not unknown, f"no such option(s): {unknown}"
-    vars(args).update(overrides)
-    return args
-
-
-def build_student_task(args, archs, student="resnet8", num_classes=10, seed=0):
-    """A ``StudentTask`` over freshly initialised zoo models (teachers ``archs``), for one-step tests."""
-    torch.manual_seed(seed)
-    teachers = TeacherEnsemble([model_dict[a](num_classes=num_classes) for a in archs], list(archs))
-    s = model_dict[student](num_classes=num_classes)
-    terms = build_terms(args, s, teachers, num_classes, num_data=100, image_size=32)
-    return StudentTask(s, teachers, terms, args)
-
-
-def random_batch(B=8, num_classes=10, seed=1):
-    """Images ``[B, 3, 32, 32]`` and labels ``[B]`` from a seeded generator."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, 3, 32, 32, generator=g), torch.randint(0, num_classes, (B,), generator=g)
 
 
 def assert_same_checkpoints(run_a, run_b, extra: str, filename: str = "resnet8_last.pth"):
@@ -212,30 +182,42 @@ def assert_same_checkpoints(run_a, run_b, extra: str, filename: str = "resnet8_l
 
 @contextlib.contextmanager
 def recording_term_weights(task):
-    """Within the block, every term of ``task`` records the ``[M, B]`` weights it returns:
-    yields ``{term key: [weights of each call]}``."""
+    """Within the block, every term of ``task`` records the ``[M, B]`` weights it returns (a forward
+    hook): yields ``{term key: [weights of each call]}``."""
     seen = {}
-    for term in task.terms:
-        def forward(*a, _original=term.forward, _key=term.key, **kw):
-            loss, weights, results = _original(*a, **kw)
-            seen.setdefault(_key, []).append(weights.detach().clone())
-            return loss, weights, results
-        term.forward = forward
+
+    def record(term, inputs, output):
+        seen.setdefault(term.key, []).append(output[1].detach().clone())
+    handles = [term.register_forward_hook(record) for term in task.terms]
     try:
         yield seen
     finally:
-        for term in task.terms:
-            del term.forward
+        for h in handles:
+            h.remove()
 
 
-def assert_shares_are_the_step_weights(task, seen, steps: int):
-    """``task.epoch_metrics()`` is, per term and teacher, the epoch mean over ``steps`` of that
-    teacher's share of the weights the term used (recorded by ``recording_term_weights``)."""
+def expected_shares(seen, steps: int):
+    """Per term and teacher, the mean over ``steps`` of that teacher's share of the weights the
+    term used (recorded by ``recording_term_weights``), as the metrics name them."""
     expected = {}
     for key, calls in seen.items():
         total = sum(w.mean(1) / w.mean(1).sum().clamp_min(1e-12) for w in calls) / steps
         expected.update({f"weight_{key}_t{m}": v for m, v in enumerate(total.tolist())})
-    got = task.epoch_metrics()
+    return expected
+
+
+def assert_shares_are_the_step_weights(record, seen, steps: int):
+    """The epoch's ``weight_<term>_t<m>`` figures (``record``: an epoch record, or the step outputs
+    to accumulate) are the step weights the terms used (``recording_term_weights``)."""
+    if not isinstance(record, dict):
+        shares = {}
+        for out in record:
+            for key, share in out.shares.items():
+                shares[key] = shares.get(key, 0) + share
+        record = {f"weight_{key}_t{m}": v for key, total in shares.items()
+                  for m, v in enumerate((total / len(record)).tolist())}
+    expected = expected_shares(seen, steps)
+    got = {k: v for k, v in record.items() if k.startswith("weight_")}
     assert set(got) == set(expected) and expected
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k

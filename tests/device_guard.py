@@ -126,6 +126,8 @@ class PretendCuda(TorchFunctionMode):
             raise DeviceMismatch(f"{name}: its CUDA backward has no deterministic implementation "
                                  f"(--deterministic stops here on a GPU)")
 
+        if name == "_parse_to":             # nn.Module.to parsing its arguments: nothing moves yet
+            return func(*args, **kwargs)
         # explicit devices: remember what was asked for, run on the CPU
         target = None
         if "device" in kwargs and _device(kwargs["device"]) is not None:

@@ -36,3 +36,19 @@ def test_teacher_benchmark_runs_small(capsys):
     assert [r[0] for r in rows] == ["off", "capture"]
     assert all(r[1] > 0 and r[2] > 0 for r in rows)
     assert "ratio" in out and "--cuda_graphs capture: the step runs eagerly (device cpu is not CUDA)" in out
+
+
+def test_compare_graphs_builds_and_steps_its_tasks_on_the_cpu():
+    """benchmarks/compare_graphs.py runs only on a GPU: its tasks and steps are checked here, with
+    the static step (what capture replays) against the plain eager step: bit-identical on the CPU."""
+    import argparse
+    import torch
+    import compare_graphs
+    args = argparse.Namespace(teachers=["resnet8", "resnet8"], student="resnet8", classes=10, amp=False)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(3)]
+    for kind, method in (("teacher", None), ("student", "CAMKD")):
+        static = compare_graphs.train(compare_graphs.make_task(kind, method, args, "cpu"), "static", batches, args, "cpu")
+        plain = compare_graphs.train(compare_graphs.make_task(kind, method, args, "cpu"), "off", batches, args, "cpu")
+        same, worst = compare_graphs.compare(static, plain)
+        assert same and worst == 0.0, kind

@@ -8,10 +8,10 @@ import argparse
 import pytest
 import torch
 
-from conftest import build_student_task, random_batch, student_options
+from builders import as_if_on, random_batch, step_config, student_task
 from helper import cuda_graphs
-from helper.cuda_graphs import DeviceLRSGD, GraphedStep, capture_blockers, install
-from helper.loop import ClassifierTask
+from helper.cuda_graphs import DeviceLRSGD, GraphedStep, capture_blockers, step_function
+from helper.task import ClassifierTask
 from helper.schedule import set_lr
 from models import model_dict
 
@@ -22,14 +22,17 @@ def batches(n=STEPS, B=8):
     return [random_batch(B=B, seed=10 + k) for k in range(n)]
 
 
-def run(task, optimizer, step, data, lrs):
-    """``len(data)`` steps; the lr changes between steps (the schedule writing it)."""
+def run(task, optimizer, step, data, lrs, shares=None):
+    """``len(data)`` steps; the lr changes between steps (the schedule writing it). ``shares``
+    collects each step's teacher shares."""
     task.train_mode()
     losses = []
     for k, (batch, lr) in enumerate(zip(data, lrs)):
         set_lr(optimizer, lr)
         out = step(batch, 1, optimizer)
         losses.append(out.loss.detach().clone())
+        if shares is not None:
+            shares.append({key: v.clone() for key, v in out.shares.items()})
     return torch.stack(losses)
 
 
@@ -101,7 +104,7 @@ def test_teacher_static_step_is_bit_identical_to_eager():
     plain_losses = run(plain, sgd(plain), plain.train_step, data, lrs)
     graphed = teacher_task()
     opt = DeviceLRSGD.from_sgd(sgd(graphed), "cpu")
-    step = GraphedStep(graphed, "static")
+    step = GraphedStep(graphed.train_step, "static")
     graph_losses = run(graphed, opt, step, data, lrs)
     assert step.static is not None and step.static[0] is not data[-1][0]     # really the static buffers
     assert_same(plain, plain_losses, graphed, graph_losses)
@@ -109,47 +112,50 @@ def test_teacher_static_step_is_bit_identical_to_eager():
 
 @pytest.mark.parametrize("method", ["CAMKD", "AEKD"])
 def test_student_static_step_is_bit_identical_to_eager(method):
-    args = student_options(distill="inter", ensemble_method=method, beta=50.0, beta_delay_epochs=0)
+    args = step_config(distill="inter", ensemble_method=method, beta=50.0, beta_delay_epochs=0, teacher_num=2,
+                       cuda_graphs="static")
     data, lrs = batches(), [0.05, 0.005, 0.005]
-    plain = build_student_task(args, ("resnet8", "resnet8"))
+    plain = student_task(args, ("resnet8", "resnet8"))
     plain.epoch_begin(1, 2)
-    plain_losses = run(plain, sgd(plain), plain.train_step, data, lrs)
-    graphed = build_student_task(args, ("resnet8", "resnet8"))
+    plain_shares, graph_shares = [], []
+    plain_losses = run(plain, sgd(plain), plain.train_step, data, lrs, plain_shares)
+    graphed = student_task(args, ("resnet8", "resnet8"))
     graphed.epoch_begin(1, 2)
-    opt = install(graphed, sgd(graphed), argparse.Namespace(cuda_graphs="static", device="cpu"), lambda m: None)
-    assert isinstance(opt, DeviceLRSGD) and isinstance(graphed.train_step, GraphedStep)
-    graph_losses = run(graphed, opt, graphed.train_step, data, lrs)
+    step, opt = step_function(graphed, sgd(graphed), args, lambda m: None)
+    assert isinstance(opt, DeviceLRSGD) and isinstance(step, GraphedStep)
+    graph_losses = run(graphed, opt, step, data, lrs, graph_shares)
     assert_same(plain, plain_losses, graphed, graph_losses)
-    assert plain.epoch_metrics() == graphed.epoch_metrics()
+    assert len(plain_shares) == STEPS and all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+                                              for a, b in zip(plain_shares, graph_shares))
 
 
 def test_capture_falls_back_on_cpu_with_one_line_naming_why():
     task = teacher_task()
     lines = []
-    opt = install(task, sgd(task), argparse.Namespace(cuda_graphs="capture", device="cpu"), lines.append)
-    assert "train_step" not in vars(task)                 # the eager step, untouched
+    step, opt = step_function(task, sgd(task), step_config(cuda_graphs="capture"), lines.append)
+    assert step == task.train_step                        # the eager step
     assert isinstance(opt, DeviceLRSGD)
     assert len(lines) == 1 and "runs eagerly" in lines[0] and "not CUDA" in lines[0]
 
 
 def test_uncapturable_losses_and_routing_are_named(monkeypatch):
-    args = student_options(distill="inter", ensemble_method="CAMKD", beta=50.0)
-    task = build_student_task(args, ("resnet8",))
+    args = step_config(distill="inter", ensemble_method="CAMKD", beta=50.0, teacher_num=2)
+    task = student_task(args, ("resnet8", "resnet8"))
     opt = DeviceLRSGD.from_sgd(sgd(task), "cpu")
-    cuda = argparse.Namespace(device="cuda")
+    cuda = as_if_on(args, "cuda")
     assert capture_blockers(task, opt, cuda) == []
     inter = type(task.terms[1].distillers[0])
     monkeypatch.setattr(inter, "capturable", False)
     monkeypatch.setattr(inter, "not_capturable_because", "reads the host")
     assert capture_blockers(task, opt, cuda) == [f"{inter.__name__}: reads the host"]
     from distiller_zoo.CRD import CRD
-    from helper.spot_adaptive import SpotAdaptiveTask
+    from helper.spot_adaptive import SpotRouting
     assert CRD.capturable is False and "multinomial" in CRD.not_capturable_because
-    assert SpotAdaptiveTask.capturable is False and "relational" in SpotAdaptiveTask.not_capturable_because
+    assert SpotRouting.capturable is False and "relational" in SpotRouting.not_capturable_because
     assert any("SGD only" in r for r in capture_blockers(
         task, torch.optim.Adam(task.trainable().parameters()), cuda))
-    assert capture_blockers(task, opt, argparse.Namespace(device="cpu"))[0] == "device cpu is not CUDA"
-    assert any("--compile" in r for r in capture_blockers(task, opt, argparse.Namespace(device="cuda", compile=True)))
+    assert capture_blockers(task, opt, args)[0] == "device cpu is not CUDA"
+    assert any("--compile" in r for r in capture_blockers(task, opt, cuda.replace(compile=True)))
 
 
 def test_eval_batch_size_default_keeps_cpu_batches():

@@ -7,24 +7,31 @@ every registered view, every registered ``--distill`` loss (with its connector i
 registered ``--ensemble_method`` (EVIDENTIAL in both modes), spot-adaptive routing in every mode.
 The parametrisations read the registries: a new loss, strategy or view is covered by registering it.
 """
+import dataclasses
+
 import pytest
 import torch
 import torch.nn as nn
 
 import dataset
 import train_student
+import train_teacher
 from dataset.augment import AUGMENTATIONS
 from distiller_zoo import DISTILLERS, ENSEMBLES
 from distiller_zoo.base import TeacherLoss
 from distiller_zoo.registry import register_distiller
 from distiller_zoo.routing import MODES
-from helper import spot_adaptive
-from helper.distill import StudentTask, build_terms, run_init_stage
-from helper.loop import ClassifierTask, evaluate, maybe_compile, train_epoch
+from helper.distributed import DistContext
+from helper.evaluate import evaluate
+from helper.execution import maybe_compile
 from helper.meters import DeviceSums
+from helper.student_config import StudentPlan
+from helper.student_run import StudentRun
+from helper.teacher_run import TeacherRun
 from helper.teachers import TeacherEnsemble
 from models import model_dict
 
+from builders import as_if_on, student_plan, teacher_configs
 from device_guard import DeviceMismatch, PretendCuda, place_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,42 +55,49 @@ def one_per_class(registry):
     return names
 
 
-def student_args(distill, method, *extra):
-    _, args = train_student.parse_args(
-        ["--distill", distill, "--ensemble_method", method, "--dataset", "synthetic", "--batch_size", str(BATCH),
-         "--epochs", "2", "--init_epochs", "1", "--beta_delay_epochs", "0", "--print_freq", "1",
-         "--feat_dim", "16", "--nce_k", "8", "--teacher_num", "2", "--device", "cpu", "--no-amp", *extra])
-    args.device = "cuda"          # what --device cuda resolves to on a GPU machine
-    train_student.resolve_loss_weights(args, lambda note: None)
-    return args
+@pytest.fixture(scope="module")
+def teacher_files(tmp_path_factory):
+    """Freshly initialised teacher checkpoints ({'model': state_dict}, RepDistiller's file names)."""
+    folder = tmp_path_factory.mktemp("pretend_teachers")
+    files = {}
+    for k, arch in enumerate(("resnet8", "resnet8", "resnet14")):
+        torch.manual_seed(k)
+        path = folder / f"t{k}" / f"{arch}_best.pth"
+        path.parent.mkdir()
+        torch.save({"model": model_dict[arch](num_classes=CLASSES).state_dict()}, path)
+        files.setdefault(arch, []).append(str(path))
+    return files
 
 
-def train_student_on_pretend_cuda(distill, method, archs=("resnet8", "resnet8"), extra=(), spot=False,
-                                  fuse=False):
-    """What train_student.py does between parsing and fit(), then one epoch and an evaluation."""
-    args = student_args(distill, method, *extra, *(["--spot_adaptive"] if spot else []))
-    cls = DISTILLERS[args.distill]
+def train_student_on_pretend_cuda(teacher_files, save_dir, distill, method, archs=("resnet8", "resnet8"), extra=(),
+                                  spot=False, fuse=False):
+    """A real run of train_student.py's builder and trainer (``StudentRun``) with ``--device cuda``
+    on the pretend device: data, teachers, student, connector pre-training, one epoch, evaluation,
+    checkpoints. Returns the epoch's record."""
+    paths = [teacher_files[a].pop(0) for a in archs]
+    try:
+        plan = student_plan(
+            "--distill", distill, "--ensemble_method", method, "--dataset", "synthetic", "--batch_size", str(BATCH),
+            "--synthetic_train", str(TRAIN), "--synthetic_test", str(TEST), "--synthetic_classes", str(CLASSES),
+            "--epochs", "1", "--init_epochs", "1", "--beta_delay_epochs", "0", "--print_freq", "1", "--feat_dim", "16",
+            "--nce_k", "8", "--path_t", *paths, "--save_dir", str(save_dir), "--quiet",
+            "--fuse_teachers" if fuse else "--no-fuse_teachers", *extra, *(["--spot_adaptive"] if spot else []))
+    finally:
+        for a, path in zip(archs, paths):
+            teacher_files[a].append(path)
+    plan = StudentPlan(tuple(dataclasses.replace(m, config=as_if_on(m.config, "cuda")) for m in plan.members))
     with PretendCuda():
-        ld = loaders(("standard",) + tuple(v for v in cls.views if v != "standard"), cls.needs_index)
-        teachers = TeacherEnsemble([model_dict[a](num_classes=CLASSES) for a in archs], list(archs),
-                                   fuse=fuse).to("cuda")
-        student = model_dict["resnet8"](num_classes=CLASSES).to("cuda")
-        terms = build_terms(args, student, teachers, CLASSES, ld.train.num_samples, 32,
-                            train_labels=ld.train.labels)
-        terms.to("cuda")
-        if spot:
-            task = spot_adaptive.build_spot_task(args, student, teachers, terms, CLASSES, 32)
-        else:
-            task = StudentTask(student, teachers, terms, args)
-        run_init_stage(task, ld.train, args, lambda line: None)
-        optimizer = torch.optim.SGD(task.trainable().parameters(), lr=0.01, momentum=0.9)
-        ld.train.set_epoch(1)
-        task.epoch_begin(1, args.epochs)
-        record = train_epoch(task, optimizer, ld.train, 1, args)
-        record.update(task.epoch_metrics())
-        ev = evaluate([task.model] + teachers.models, ld.test, "cuda")
+        run = StudentRun(train_student.build_parser(), plan, train_student.resolve_teachers(train_student.build_parser(), plan.shared),
+                         DistContext())
+        try:
+            run.train()
+            trainer = run.students[0].member.trainer
+            ev = evaluate([trainer.task.model] + trainer.task.teachers.models, trainer.loaders.test, "cuda")
+        finally:
+            run.close()
+    record = trainer.record
     assert record["train_loss"] == record["train_loss"] and 0 <= ev["top1"][0] <= 100
-    assert all(place_of(p) == "cuda" for p in task.trainable().parameters())
+    assert all(place_of(p) == "cuda" for p in trainer.task.trainable().parameters())
     return record
 
 
@@ -165,18 +179,19 @@ def test_every_view_is_made_on_the_device_of_the_images(view):
         assert {place_of(plain), place_of(augmented), place_of(labels), place_of(index)} == {"cuda"}
 
 
-def test_teacher_training_epoch_and_evaluation_run_on_the_device():
-    _, args = train_student.parse_args(["--print_freq", "1", "--device", "cpu", "--no-amp"])
-    args.device = "cuda"
+def test_teacher_training_epoch_and_evaluation_run_on_the_device(tmp_path):
+    """train_teacher.py's builder and trainer (``TeacherRun``) with ``--device cuda``."""
+    trials = teacher_configs("--model", "resnet8", "--dataset", "synthetic", "--batch_size", str(BATCH),
+                             "--synthetic_train", str(TRAIN), "--synthetic_test", str(TEST), "--synthetic_classes",
+                             str(CLASSES), "--epochs", "1", "--print_freq", "1", "--save_dir", str(tmp_path), "--quiet")
     with PretendCuda():
-        ld = loaders()
+        run = TeacherRun(train_teacher.build_parser(), [as_if_on(c, "cuda") for c in trials], DistContext())
+        (name, summary), = run.train()
         model = model_dict["resnet8"](num_classes=CLASSES).to("cuda")
-        task = ClassifierTask(model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        ld.train.set_epoch(1)
-        record = train_epoch(task, optimizer, ld.train, 1, args)
-        ev = evaluate([model, model], ld.test, "cuda")
-    assert record["train_loss"] > 0 and 0 <= record["train_acc"] <= 100
+        ev = evaluate([model, model], dataset.build_loaders(
+            "synthetic", batch_size=BATCH, device="cuda", seed=0, synthetic_train=TRAIN, synthetic_test=TEST,
+            synthetic_classes=CLASSES).test, "cuda")
+    assert name == "synthetic-resnet8-0" and 0 <= summary["last_acc"] <= 100
     assert 0 <= ev["ensemble_top1"] <= 100
 
 
@@ -193,17 +208,17 @@ def test_evidential_teacher_loss_runs_on_the_device():
 
 # -- every distiller, every strategy, routing ----------------------------------------------------
 @pytest.mark.parametrize("distill", one_per_class(DISTILLERS))
-def test_every_distiller_trains_on_the_device(distill, deterministic):
+def test_every_distiller_trains_on_the_device(distill, deterministic, teacher_files, tmp_path):
     """Under --deterministic too (a supported GPU path): no op whose CUDA backward would stop it."""
-    train_student_on_pretend_cuda(distill, "CAMKD")
+    train_student_on_pretend_cuda(teacher_files, tmp_path, distill, "CAMKD")
 
 
 @pytest.mark.parametrize("method, extra", [(m, ()) for m in sorted(ENSEMBLES) if m != "EVIDENTIAL"]
                          + [("EVIDENTIAL", ("--evidential_mode", "pool")),
                             ("EVIDENTIAL", ("--evidential_mode", "weight"))])
 @pytest.mark.parametrize("distill", ["kd", "inter"])
-def test_every_strategy_trains_on_the_device(method, extra, distill):
-    train_student_on_pretend_cuda(distill, method, extra=extra)
+def test_every_strategy_trains_on_the_device(method, extra, distill, teacher_files, tmp_path):
+    train_student_on_pretend_cuda(teacher_files, tmp_path, distill, method, extra=extra)
 
 
 def test_every_strategy_is_covered():
@@ -211,17 +226,18 @@ def test_every_strategy_is_covered():
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_spot_adaptive_routing_trains_on_the_device(mode):
-    train_student_on_pretend_cuda("attention", "AVERAGE_LOSS", extra=("--spot_mode", mode), spot=True)
+def test_spot_adaptive_routing_trains_on_the_device(mode, teacher_files, tmp_path):
+    train_student_on_pretend_cuda(teacher_files, tmp_path, "attention", "AVERAGE_LOSS", extra=("--spot_mode", mode),
+                                  spot=True)
 
 
-def test_fused_and_separate_teachers_run_on_the_device():
+def test_fused_and_separate_teachers_run_on_the_device(teacher_files, tmp_path):
     for fuse in (True, False):
-        train_student_on_pretend_cuda("kd", "AVERAGE_LOSS", fuse=fuse)
+        train_student_on_pretend_cuda(teacher_files, tmp_path / str(fuse), "kd", "AVERAGE_LOSS", fuse=fuse)
 
 
 # -- the guard catches a loss that makes a CPU tensor -----------------------------------------------
-def test_a_distiller_that_adds_a_cpu_tensor_fails_the_guard():
+def test_a_distiller_that_adds_a_cpu_tensor_fails_the_guard(teacher_files, tmp_path):
     kd = DISTILLERS["kd"]
 
     class CpuOffset(kd):
@@ -236,7 +252,7 @@ def test_a_distiller_that_adds_a_cpu_tensor_fails_the_guard():
     register_distiller("test_cpu_offset")(CpuOffset)
     try:
         with pytest.raises(DeviceMismatch, match="add"):
-            train_student_on_pretend_cuda("test_cpu_offset", "AVERAGE_LOSS")
+            train_student_on_pretend_cuda(teacher_files, tmp_path, "test_cpu_offset", "AVERAGE_LOSS")
     finally:
         DISTILLERS.pop("test_cpu_offset")
 

@@ -20,17 +20,17 @@ WRAPPER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     import torch
     import torch.distributed as dist
-    import helper.loop as loop
+    from helper.trainer import Trainer
     import {script} as script
 
-    original_fit = script.fit
+    original_finish = Trainer.finish
 
-    def fit(task, *args, **kwargs):
-        summary = original_fit(task, *args, **kwargs)
-        torch.save(task.model.state_dict(), os.path.join({out!r}, f"rank{{dist.get_rank()}}.pt"))
+    def finish(self):                     # each rank's final weights, for the test to compare
+        summary = original_finish(self)
+        torch.save(self.task.model.state_dict(), os.path.join({out!r}, f"rank{{dist.get_rank()}}.pt"))
         return summary
 
-    script.fit = fit
+    Trainer.finish = finish
     sys.exit(script.main({argv!r}))
 """)
 
@@ -120,7 +120,7 @@ def test_fused_teacher_forward_equals_separate_forwards(preact):
 
 def test_amp_off_step_is_the_plain_step():
     """With --amp off the loop's autocast context is a no-op: the step equals a plain forward."""
-    from helper.loop import autocast_context
+    from helper.execution import autocast_context
     torch.manual_seed(0)
     model = model_dict["resnet8"](num_classes=10).eval()
     x = torch.randn(4, 3, 32, 32)
@@ -131,11 +131,10 @@ def test_amp_off_step_is_the_plain_step():
 
 def test_more_processes_than_gpus_is_a_one_line_error(monkeypatch):
     """torchrun --nproc_per_node 2 on a one-GPU node: a clear error, not torch.cuda.set_device's."""
-    import argparse
     from helper import distributed
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"process 1 on a node with 1 GPU\(s\); use --nproc_per_node 1"):
-        distributed.setup(argparse.Namespace(device="cuda", batch_size=8))
+        distributed.rank_settings(distributed.context_from_env(), "cuda", 8)

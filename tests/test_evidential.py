@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from scipy.special import digamma as sp_digamma
 
-import train_student
 from distiller_zoo import DISTILLERS, ENSEMBLES, ensemble_weights
 from distiller_zoo.AEKT import AEKT, DistillationLayer, adaptive_weight, aekt_terms
 from distiller_zoo.base import Batch, BuildContext, NetOutput, combine
@@ -24,9 +23,11 @@ from distiller_zoo.EKD import EKD, EKD_PRIOR, ekd_terms
 from distiller_zoo.ensembles.evidential import (Evidential, calibrated_sharpness, certainty_weights,
                                                 evidence_shares, pooled_alpha, pooled_logits, uncertainty)
 from distiller_zoo.KD import kd_loss
-from helper.distill import StudentTask, build_terms
+from helper.objective import loader_views
+from helper.student_step import build_terms
 from helper.teachers import TeacherEnsemble
 from models import model_dict
+from builders import forward, step_config, student_config, student_task
 from conftest import assert_shares_are_the_step_weights, recording_term_weights
 
 C = 10
@@ -47,11 +48,8 @@ def labels(B=6, K=C, seed=0):
 
 
 def options(distill="kd", method="EVIDENTIAL", **kw):
-    args = train_student.build_parser().parse_args(["--distill", distill, "--ensemble_method", method])
-    vars(args).update(dict(gamma=1.0, alpha=1.0, beta=1.0, beta_delay_epochs=0, learning_rate=0.05,
-                           device="cpu", nce_k=16, feat_dim=8, epochs=10))
-    vars(args).update(kw)
-    return args
+    return step_config(**dict(dict(distill=distill, ensemble_method=method, gamma=1.0, alpha=1.0, beta=1.0,
+                                   beta_delay_epochs=0, learning_rate=0.05, nce_k=16, feat_dim=8, epochs=10), **kw))
 
 
 def ctx(opt, index=0, M=1, student=None):
@@ -252,14 +250,13 @@ def test_ekd_logit_stand_standardizes_only_the_first_order_term():
 
 
 def test_ekd_configure_moves_the_ce_into_the_loss_unless_r_is_given():
-    args = options("ekd", gamma=None)
-    notes = EKD.configure(args, set())
-    assert args.gamma == 0.0 and notes
-    args = options("ekd", gamma=0.5)
-    EKD.configure(args, {"gamma"})
-    assert args.gamma == 0.5
-    args = options("ekd", gamma=None, ekd_w_ce=0.0)
-    assert EKD.configure(args, set()) == [] and args.gamma is None
+    decided = EKD.configure(options("ekd"), set())
+    assert decided.changes == {"gamma": 0.0} and decided.notes
+    assert EKD.configure(options("ekd", gamma=0.5), {"gamma"}).changes == {}
+    decided = EKD.configure(options("ekd", ekd_w_ce=0.0), set())
+    assert decided.changes == {} and decided.notes == []
+    assert student_config("--distill", "ekd").gamma == 0.0                  # what the run resolves
+    assert student_config("--distill", "ekd", "-r", "0.5").gamma == 0.5
 
 
 # -- AEKT ------------------------------------------------------------------------------------------
@@ -298,12 +295,12 @@ def test_aekt_layer_gets_gradient_teacher_none_saved_and_not_used_at_inference()
     torch.manual_seed(0)
     student = model_dict["resnet8"](num_classes=C)
     teachers = TeacherEnsemble([model_dict["resnet8"](num_classes=C) for _ in range(2)], ["a", "b"])
-    args = options("aekt", method="AVERAGE_LOSS")
-    terms = build_terms(args, student, teachers, C, num_data=100, image_size=32)
-    task = StudentTask(student, teachers, terms, args)
+    args = options("aekt", method="AVERAGE_LOSS", teacher_num=2)
+    task = student_task(args, (), student=student, teachers=teachers, num_classes=C)
+    terms = task.terms
     task.train_mode()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    out = task.step((x, y), epoch=25)
+    out = forward(task, x, y, epoch=25)
     out.loss.backward()
     layers = [d.layer for d in terms[0].distillers]
     assert layers[0] is not layers[1]                                  # one per teacher (default)
@@ -318,11 +315,11 @@ def test_aekt_layer_gets_gradient_teacher_none_saved_and_not_used_at_inference()
         before = student(x)
         layers[0].delta.add_(1.0)
         assert torch.equal(student(x), before)
-    shared = build_terms(options("aekt", method="AVERAGE_LOSS", aekt_layer="shared"), student, teachers, C,
-                         num_data=100, image_size=32)
+    shared = build_terms(options("aekt", method="AVERAGE_LOSS", aekt_layer="shared", teacher_num=2), student,
+                         teachers, C, num_data=100, image_size=32)
     assert shared[0].distillers[0].layer is shared[0].distillers[1].layer
-    none = build_terms(options("aekt", method="AVERAGE_LOSS", aekt_layer="none"), student, teachers, C,
-                       num_data=100, image_size=32)
+    none = build_terms(options("aekt", method="AVERAGE_LOSS", aekt_layer="none", teacher_num=2), student,
+                       teachers, C, num_data=100, image_size=32)
     assert none[0].distillers[0].layer is None and len(list(none.parameters())) == 0
     layer = DistillationLayer(C)
     z = logits(dtype=torch.float32)
@@ -357,7 +354,7 @@ def test_aekt_layer_learns_at_a_tenth_of_the_students_rate():
     step, grad_W = aekt_layer_step(aekt_layer_lr=1.0)         # the old behaviour, still available
     torch.testing.assert_close(step, -0.05 * grad_W, rtol=1e-4, atol=1e-7)
     with pytest.raises(SystemExit):                           # a one-line argparse error
-        train_student.build_parser().parse_args(["--distill", "aekt", "--aekt_layer_lr", "0"])
+        student_config("--distill", "aekt", "--aekt_layer_lr", "0")
 
 
 # -- the EVIDENTIAL strategy -----------------------------------------------------------------------
@@ -516,12 +513,8 @@ def test_one_teacher_raw_gauge_pools_to_itself():
 
 
 def make_task(distill, method="EVIDENTIAL", archs=("resnet8", "resnet8", "resnet8"), **kw):
-    torch.manual_seed(0)
-    teachers = TeacherEnsemble([model_dict[a](num_classes=C) for a in archs], list(archs))
-    student = model_dict["resnet8"](num_classes=C)
-    args = options(distill, method, **kw)
-    terms = build_terms(args, student, teachers, C, num_data=64, image_size=32, train_labels=torch.arange(64) % C)
-    return StudentTask(student, teachers, terms, args)
+    args = options(distill, method, teacher_num=len(archs), **kw)
+    return student_task(args, archs, num_classes=C, num_data=64, train_labels=torch.arange(64) % C)
 
 
 def test_pool_mode_distils_the_virtual_teacher_alone_with_weight_one():
@@ -529,7 +522,7 @@ def test_pool_mode_distils_the_virtual_teacher_alone_with_weight_one():
     term = task.terms[0]
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     task.train_mode()
-    s_out, t_outs = task.forward_all(x)
+    s_out, t_outs = task.objective.outputs(x)
     b = Batch(images=x, labels=y, epoch=1)
     loss, weights, results = term(s_out, t_outs, b)
     assert weights.shape == (1, 4) and torch.all(weights == 1) and len(results) == 1
@@ -542,7 +535,7 @@ def test_weight_mode_and_feature_terms_use_the_certainty_weights():
     task = make_task("hint", evidential_mode="pool")
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     task.train_mode()
-    s_out, t_outs = task.forward_all(x)
+    s_out, t_outs = task.objective.outputs(x)
     b = Batch(images=x, labels=y, epoch=1)
     kd_term, hint_term = task.terms
     _, w_kd, _ = kd_term(s_out, t_outs, b)
@@ -566,15 +559,15 @@ def test_every_loss_of_the_registry_under_evidential(distill, mode):
     B = 4
     y = torch.tensor([0, 1, 2, 3])
     x = torch.randn(B, 3, 32, 32)
-    views = [torch.rand(B, 3, 32, 32) for _ in task.extra_views]
+    views = [torch.rand(B, 3, 32, 32) for _ in loader_views(distill, "standard")[0][1:]]
     batch = (((x, *views) if views else x), y, torch.arange(B))
     with recording_term_weights(task) as seen:
-        out = task.step(batch, epoch=3)
+        out = forward(task, *batch, epoch=3)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert task.model.conv1.weight.grad is not None
     assert all(p.grad is None for t in task.teachers.models for p in t.parameters())
-    assert_shares_are_the_step_weights(task, seen, steps=1)
+    assert_shares_are_the_step_weights([out], seen, steps=1)
 
 
 def test_registered_with_flags_and_reachable_by_name():

@@ -10,9 +10,12 @@ import torch
 
 import train_student
 from helper import group as group_mod
+from helper.student_step import StudentTask
+from helper.trainer import Member
 from helper.teachers import TeacherEnsemble
 from models import build_model
 
+from builders import student_plan
 from conftest import Interrupt, dies_at_step, read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,7 +110,7 @@ def test_group_students_are_bit_identical_to_solo_runs(group_and_solo):
 def test_group_resume_after_a_kill_is_bit_identical(group_and_solo, teachers, tmp_path):
     """Killed in epoch 2, resumed: every student equals the uninterrupted group's."""
     group_dir, _ = group_and_solo
-    with dies_at_step(train_student.StudentTask, epoch=2, step=3), pytest.raises(Interrupt):
+    with dies_at_step(StudentTask, epoch=2, step=3), pytest.raises(Interrupt):
         train_student.main(base_args(teachers, tmp_path) + GROUP)
     assert train_student.main(base_args(teachers, tmp_path) + GROUP + ["--resume"]) == 0
     resumed, whole = runs(tmp_path), runs(group_dir)
@@ -172,22 +175,24 @@ def test_bad_lists(argv, needle, capsys):
 
 
 def test_group_refuses_captured_steps(teachers, tmp_path, capsys):
-    """A group's steps run eagerly: --cuda_graphs other than off is one line, and nothing is written."""
-    code = train_student.main(base_args(teachers, tmp_path) + ["--distill", "kd,dkd", "--cuda_graphs", "static"])
-    assert code == 2
+    """A group's steps run eagerly: --cuda_graphs other than off is one line (a flag error: exit
+    status 2), and nothing is written."""
+    with pytest.raises(SystemExit) as exit_:
+        train_student.main(base_args(teachers, tmp_path) + ["--distill", "kd,dkd", "--cuda_graphs", "static"])
+    assert exit_.value.code == 2
     assert "--cuda_graphs static: a group of students runs its steps eagerly" in one_line_error(capsys)
     assert not os.path.exists(os.path.join(str(tmp_path), "students"))
 
 
 def test_lists_make_the_cross_product():
     """--distill (comma: students, '+': terms) x --ensemble_method x --logit-stand both, each student
-    with its own single values; one student is a solo run's Namespace, as before."""
-    _, args = train_student.parse_args(["--dataset", "digits", "--teacher_num", "2", "--distill", "kd+attention,dkd",
-                                        "--ensemble_method", "EBKD,CAMKD", "--logit-stand", "both"])
-    got = [(m.distill, m.ensemble_method, m.logit_stand) for m in args.members]
+    with its own single values; one student is a solo run (a group of one)."""
+    plan = student_plan("--dataset", "digits", "--teacher_num", "2", "--distill", "kd+attention,dkd",
+                        "--ensemble_method", "EBKD,CAMKD", "--logit-stand", "both")
+    got = [(m.config.distill, m.config.ensemble_method, m.config.logit_stand) for m in plan.members]
     assert got == [(d, e, s) for d in ("kd+attention", "dkd") for e in ("EBKD", "CAMKD") for s in (False, True)]
-    _, solo = train_student.parse_args(["--dataset", "digits", "--teacher_num", "2", "--logit-stand"])
-    assert not hasattr(solo, "members") and solo.logit_stand is True and solo.ensemble_method == "CAMKD"
+    solo = student_plan("--dataset", "digits", "--teacher_num", "2", "--logit-stand")
+    assert not solo.is_group and solo.shared.logit_stand is True and solo.shared.ensemble_method == "CAMKD"
 
 
 def test_group_benchmark_runs_small(capsys):
@@ -213,13 +218,12 @@ def test_out_of_memory_in_the_first_step_is_one_line(monkeypatch):
             if self.fail:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    members = [group_mod.Member(args=None, name=n, run_dir="", views=("standard",), with_index=False,
-                                stream=group_mod.RngStream(group_mod.rng_state()), trainer=Step(fail))
-               for n, fail in (("a", False), ("b", True))]
+    members = [Member(name=n, trainer=Step(fail), views=("standard",),
+                      stream=group_mod.RngStream(group_mod.rng_state())) for n, fail in (("a", False), ("b", True))]
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 8 << 30}))
     with pytest.raises(group_mod.GroupOutOfMemory) as exc:
-        group_mod.first_step(members, {("standard",): (torch.zeros(2, 3), torch.zeros(2))}, 1, 1,
-                             torch.device("cpu"), print)
+        group_mod.measured_first_step(members, {("standard",): (torch.zeros(2, 3), torch.zeros(2))}, 1, 1,
+                                      torch.device("cpu"), print)
     message = str(exc.value)
     assert "\n" not in message and "student 2 (b)" in message and "8.0 GiB" in message and "would fit" in message
 

@@ -8,20 +8,20 @@ import pytest
 import torch
 import torch.nn as nn
 
-import train_student
 from distiller_zoo.base import BuildContext, NetOutput
 from distiller_zoo.LG import LocalityGuidance, guidance_pairs
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
-from helper.distill import StudentTask, build_terms
 from helper.schedule import build_optimizer, lr_at
 from helper.teachers import TeacherEnsemble
 from models import build_model, model_dict
+
+from builders import forward, student_config, student_task
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def parse(*argv):
-    return train_student.parse_args(["--dataset", "digits", "--device", "cpu", *argv])[1]
+    return student_config("--dataset", "digits", *argv)
 
 
 def test_lg_per_sample_loss_equals_a_hand_computation():
@@ -64,19 +64,17 @@ def test_larger_student_steps_with_32px_teachers_under_every_strategy(method):
     """A DeiT seeing 64-px images (4x4 tokens) distils two 32-px CNN teachers with locality guidance."""
     args = parse("--model_s", "deit_tiny", "--student_img_size", "64", "--distill", "lg",
                  "--ensemble_method", method, "--teacher_num", "2", "-b", "2.5")
-    train_student.resolve_loss_weights(args, lambda _: None)
     torch.manual_seed(0)
     teachers = TeacherEnsemble([model_dict[a](num_classes=10) for a in ("resnet8", "resnet14")], ["a", "b"])
     student = build_model("deit_tiny", 10, img_size=args.student_img_size)
-    terms = build_terms(args, student, teachers, 10, num_data=100, image_size=32)
-    lg_term = terms[1]
+    task = student_task(args, (), student=student, teachers=teachers)
+    lg_term = task.terms[1]
     # connectors built from each net's shapes at its own size: 192 channels @4x4 -> 16/32/64 @32/16/8
     assert [tuple(c.weight.shape[:2]) for c in lg_term.distillers[0].connectors] == [(16, 192), (32, 192), (64, 192)]
-    task = StudentTask(student, teachers, terms, args)
     task.train_mode()
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
-    out = task.step((x, y), epoch=2)
+    out = forward(task, x, y, epoch=2)
     assert torch.isfinite(out.loss) and out.metrics["loss_lg"] > 0
     out.loss.backward()
     assert student.patch_embed.projection.weight.grad is not None

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import train_student
 from dataset import DataSpec, DeviceLoader
 from dataset.augment import (AUGMENTATIONS, CUTOUT_FILL, RANDAUG_OPS, RANDAUG_RANGES, crop_flip, cutout,
                              randaugment_round, strong_params)
@@ -20,8 +19,10 @@ from distiller_zoo.DKD import dkd_terms
 from distiller_zoo.KD import kd_logit_grad
 from distiller_zoo.MLKD import mlkd_loss, mlkd_terms, mlkd_temperatures
 
-from conftest import (assert_shares_are_the_step_weights, build_student_task, random_batch, recording_term_weights,
-                      student_options)
+from helper.objective import loader_views
+
+from builders import forward, random_batch, step_config, student_plan, student_task
+from conftest import assert_shares_are_the_step_weights, recording_term_weights
 
 
 # ------------------------------------------------------------------ independent references (numpy)
@@ -260,7 +261,7 @@ def test_ctkd_step_reports_temperatures_per_teacher():
     task.train_mode()
     task.epoch_begin(3, 10)
     x, y = random_batch()
-    out = task.step((x, y), epoch=3)
+    out = forward(task, x, y, epoch=3)
     out.loss.backward()
     for m in range(3):
         assert 1.0 < out.metrics[f"ctkd_t{m}_temp"].item() < 21.0
@@ -378,10 +379,8 @@ def test_mlkd_distiller_takes_the_strong_view_of_its_own_teacher():
 
 # ------------------------------------------------------------------- flags, weights, student step
 def parse(*argv):
-    args = train_student.build_parser().parse_args(list(argv))
-    notes = []
-    train_student.resolve_loss_weights(args, notes.append)
-    return args, notes[0]
+    member = student_plan(*argv).members[0]
+    return member.config, member.notes[0]
 
 
 def test_flags_and_weights_without_logit_stand_are_unchanged():
@@ -417,12 +416,12 @@ def test_logit_stand_next_to_a_feature_loss_configures_the_kd_term():
 
 
 def options(**kw):
-    return student_options(**{"beta_delay_epochs": 0, "epochs": 10, **kw})
+    return step_config(**{"beta_delay_epochs": 0, "epochs": 10, **kw})
 
 
 def make_run(archs=("resnet8", "resnet14", "resnet8"), student="resnet8", num_classes=10, seed=0, **kw):
-    args = options(**kw)
-    return build_student_task(args, archs, student, num_classes, seed), args
+    args = options(teacher_num=len(archs), **kw)
+    return student_task(args, archs, student, num_classes, seed), args
 
 
 @pytest.mark.parametrize("method", ["AVERAGE_LOSS", "EBKD", "CAMKD", "AEKD"])
@@ -433,15 +432,15 @@ def test_every_logit_loss_with_every_strategy_under_logit_stand(method, distill)
     task.epoch_begin(2, 10)
     x, y = random_batch()
     images = (x, x.flip(3)) if distill == "mlkd" else x
-    assert task.extra_views == (("strong",) if distill == "mlkd" else ())
+    assert loader_views(distill, "standard")[0] == (("standard", "strong") if distill == "mlkd" else ("standard",))
     with recording_term_weights(task) as seen:
-        out = task.step((images, y), epoch=2)
+        out = forward(task, images, y, epoch=2)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     assert task.model.conv1.weight.grad.abs().sum() > 0
     for t in task.teachers.models:
         assert all(p.grad is None for p in t.parameters())
-    assert_shares_are_the_step_weights(task, seen, steps=1)
+    assert_shares_are_the_step_weights([out], seen, steps=1)
 
 
 def test_each_teacher_is_standardized_on_its_own():
@@ -449,7 +448,7 @@ def test_each_teacher_is_standardized_on_its_own():
     task.train_mode()
     x, y = random_batch()
     torch.manual_seed(5)
-    out = task.step((x, y), epoch=1)
+    out = forward(task, x, y, epoch=1)
     with torch.no_grad():
         t_logits = [t(x) for t in task.teachers.models]
     s = out.logits.detach()
@@ -462,7 +461,7 @@ def test_each_teacher_is_standardized_on_its_own():
 def test_aekd_reads_the_closed_form_standardized_gradient():
     task, _ = make_run(distill="kd", ensemble_method="AEKD", logit_stand=True)
     x, y = random_batch()
-    s_out, t_outs = task.forward_all(x)
+    s_out, t_outs = task.objective.outputs(x)
     for d, t in zip(task.terms[0].distillers, t_outs):
         r = d(s_out, t, Batch(x, y))
         (auto,) = torch.autograd.grad(r.per_sample.mean(), r.anchor, retain_graph=True)

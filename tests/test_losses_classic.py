@@ -8,14 +8,12 @@ import math
 import pytest
 import torch
 
-import train_student
 from distiller_zoo import DISTILLERS, ENSEMBLES
 from distiller_zoo.AT import pair_feature_maps
 from distiller_zoo.base import Batch, BuildContext, NetOutput
-from helper.distill import StudentTask, build_terms
 from helper.teachers import TeacherEnsemble, freeze
 from models import model_dict
-from conftest import student_options
+from builders import forward, step_config, student_plan, student_task
 
 LOSSES = {"attention": 1000.0, "similarity": 3000.0, "correlation": 0.02, "rkd": 1.0, "pkt": 30000.0,
           "nst": 50.0, "kdsvd": 1.0}
@@ -29,7 +27,7 @@ DEFAULT_THREE = ("resnet8x4", "vgg8", "wrn_16_1")
 
 
 def options(**kw):
-    return student_options(**{"beta": 1.0, "beta_delay_epochs": 0, "epochs": 10, **kw})
+    return step_config(**{"beta": 1.0, "beta_delay_epochs": 0, "epochs": 10, **kw})
 
 
 def context(s_shapes, t_shapes, **kw):
@@ -414,9 +412,8 @@ def test_gradients_reach_student_and_connectors_never_the_teacher(nets, name, t_
 
 def make_task(student, teachers, archs, **kw):
     ensemble = TeacherEnsemble([teachers[a] for a in archs], list(archs))
-    args = options(**kw)
-    terms = build_terms(args, student, ensemble, NUM_CLASSES, num_data=100, image_size=32)
-    return StudentTask(student, ensemble, terms, args), ensemble
+    args = options(teacher_num=len(archs), **kw)
+    return student_task(args, archs, teachers=ensemble, student=student, num_classes=NUM_CLASSES), ensemble
 
 
 @pytest.mark.parametrize("method", STRATEGIES)
@@ -429,7 +426,7 @@ def test_three_teachers_of_different_families_under_every_strategy(nets, name, m
                                beta=LOSSES[name])
     task.train_mode()
     x, y = images(seed=2)
-    out = task.step((x, y), epoch=1)
+    out = forward(task, x, y, epoch=1)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     assert torch.isfinite(out.metrics[f"loss_{name}"])
     out.loss.backward()
@@ -439,8 +436,7 @@ def test_three_teachers_of_different_families_under_every_strategy(nets, name, m
     for d in task.terms[1].distillers:
         for p in d.parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all()
-    shares = task.epoch_metrics()
-    assert sum(v for k, v in shares.items() if k.startswith(f"weight_{name}_")) == pytest.approx(1.0, abs=1e-5)
+    assert out.shares[name].sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
@@ -451,7 +447,7 @@ def test_single_cross_family_teacher_step(nets, name):
     arch = "wrn_16_1" if name == "kdsvd" else "MobileNetV2"
     task, _ = make_task(student, teachers, (arch,), distill=name, beta=LOSSES[name])
     task.train_mode()
-    out = task.step(images(seed=3), epoch=1)
+    out = forward(task, *images(seed=3), epoch=1)
     out.loss.backward()
     assert torch.isfinite(out.loss) and student.conv1.weight.grad.abs().sum() > 0
 
@@ -572,6 +568,4 @@ def test_default_losses_reproduce_repdistillers_batch_values_on_real_features(ne
 def test_registered_with_repdistiller_name_and_weight(name, weight):
     cls = DISTILLERS[name]
     assert cls.kind == "feature" and cls.default_weight == weight and not cls.needs_preact
-    args = train_student.build_parser().parse_args(["--distill", name])
-    train_student.resolve_loss_weights(args, lambda *a: None)
-    assert args.beta == weight
+    assert student_plan("--distill", name).shared.beta == weight

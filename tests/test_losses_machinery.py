@@ -10,12 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import train_student
 from distiller_zoo import DISTILLERS
 from distiller_zoo.base import Batch, BuildContext, NetOutput
-from helper.distill import StudentTask, build_terms, run_init_stage
-from helper.teachers import TeacherEnsemble
+from helper.init_stage import run_init_stage
 from models import model_dict
+from builders import forward, step_config, student_task
 from conftest import assert_shares_are_the_step_weights, recording_term_weights
 
 NUM_CLASSES = 10
@@ -28,11 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def options(distill="vid", method="AVERAGE_LOSS", **kw):
-    args = train_student.build_parser().parse_args(["--distill", distill, "--ensemble_method", method])
-    vars(args).update(dict(gamma=1.0, alpha=1.0, beta=1.0, beta_delay_epochs=0, learning_rate=0.05,
-                           device="cpu", nce_k=16, feat_dim=8))
-    vars(args).update(kw)
-    return args
+    return step_config(**dict(dict(distill=distill, ensemble_method=method, gamma=1.0, alpha=1.0, beta=1.0,
+                                   beta_delay_epochs=0, learning_rate=0.05, nce_k=16, feat_dim=8), **kw))
 
 
 def context(s_shapes, t_shapes, opt, num_data=0, labels=None, num_teachers=1):
@@ -356,13 +352,10 @@ def test_crd_objective_falls_as_embeddings_and_bank_learn():
 
 # -- real networks: gradients, families, strategies ----------------------------------------------------
 def make_task(distill, archs, student="resnet8", method="AVERAGE_LOSS", seed=0, **kw):
-    torch.manual_seed(seed)
-    teachers = TeacherEnsemble([model_dict[a](num_classes=NUM_CLASSES) for a in archs], list(archs))
-    s = model_dict[student](num_classes=NUM_CLASSES)
-    args = options(distill, method, **kw)
+    args = options(distill, method, teacher_num=len(archs), **kw)
     labels = torch.arange(64) % NUM_CLASSES
-    terms = build_terms(args, s, teachers, NUM_CLASSES, num_data=64, image_size=32, train_labels=labels)
-    return StudentTask(s, teachers, terms, args), labels
+    task = student_task(args, archs, student, NUM_CLASSES, seed, num_data=64, train_labels=labels)
+    return task, labels, args
 
 
 def batch_of(labels, B=6, seed=1):
@@ -383,12 +376,12 @@ def nonzero_grads(modules):
 
 @pytest.mark.parametrize("distill", list(LOSSES))
 def test_gradients_reach_student_and_connectors_not_teachers(distill):
-    task, labels = make_task(distill, ("resnet8x4",), gamma=0.0, alpha=0.0, main_phase_loss=True)
+    task, labels, _ = make_task(distill, ("resnet8x4",), gamma=0.0, alpha=0.0, main_phase_loss=True)
     assert DISTILLERS[distill].default_weight == LOSSES[distill] and DISTILLERS[distill].kind == "feature"
     task.train_mode()
     teacher = task.teachers.models[0]
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    out = task.step(batch_of(labels), epoch=1)
+    out = forward(task, *batch_of(labels), epoch=1)
     assert torch.isfinite(out.loss) and out.loss.item() != 0
     out.loss.backward()
     d = task.terms[1].distillers[0]
@@ -406,9 +399,9 @@ def test_gradients_reach_student_and_connectors_not_teachers(distill):
 @pytest.mark.parametrize("pair", [("MobileNetV2", "vgg8"), ("ShuffleV1", "resnet8x4")])
 def test_cross_family_pair(distill, pair):
     student, teacher = pair
-    task, labels = make_task(distill, (teacher,), student=student, main_phase_loss=True)
+    task, labels, _ = make_task(distill, (teacher,), student=student, main_phase_loss=True)
     task.train_mode()
-    out = task.step(batch_of(labels, B=4), epoch=1)
+    out = forward(task, *batch_of(labels, B=4), epoch=1)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is None for p in task.teachers.models[0].parameters())
@@ -417,42 +410,42 @@ def test_cross_family_pair(distill, pair):
 @pytest.mark.parametrize("method", STRATEGIES)
 @pytest.mark.parametrize("distill", list(LOSSES))
 def test_three_teachers_of_different_families_under_every_strategy(distill, method):
-    task, labels = make_task(distill, ("vgg8", "MobileNetV2", "ShuffleV1"), method=method, main_phase_loss=True)
+    task, labels, _ = make_task(distill, ("vgg8", "MobileNetV2", "ShuffleV1"), method=method, main_phase_loss=True)
     task.train_mode()
     with recording_term_weights(task) as seen:
-        out = task.step(batch_of(labels, B=4), epoch=1)
+        out = forward(task, *batch_of(labels, B=4), epoch=1)
     assert torch.isfinite(out.loss) and f"loss_{distill}" in out.metrics
     out.loss.backward()
     assert task.model.conv1.weight.grad.abs().sum() > 0
     for t in task.teachers.models:
         assert all(p.grad is None for p in t.parameters())
-    assert_shares_are_the_step_weights(task, seen, steps=1)
+    assert_shares_are_the_step_weights([out], seen, steps=1)
 
 
 @pytest.mark.parametrize("distill", ["vid", "abound"])
 def test_aekd_when_the_student_maps_pair_differently_per_teacher(distill):
     """MobileNetV2 has 4 maps in feats[1:-1], resnet8x4 3 and vgg8 4: the pairs differ per teacher,
     the anchor (feats[1]) does not, so AEKD can compare the teachers' gradients."""
-    task, labels = make_task(distill, ("resnet8x4", "vgg8"), student="MobileNetV2", method="AEKD",
+    task, labels, _ = make_task(distill, ("resnet8x4", "vgg8"), student="MobileNetV2", method="AEKD",
                              main_phase_loss=True)
     ds = task.terms[1].distillers
     assert [i for i, _ in ds[0].pairs] != [i for i, _ in ds[1].pairs]
     task.train_mode()
     with recording_term_weights(task) as seen:
-        out = task.step(batch_of(labels, B=4), epoch=1)
+        out = forward(task, *batch_of(labels, B=4), epoch=1)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     w = seen[distill][0]
     assert w.shape == (2, 4) and torch.allclose(w.sum(0), torch.ones(4)) and w.min() >= 0   # AEKD: a simplex point per sample
-    assert_shares_are_the_step_weights(task, seen, steps=1)
+    assert_shares_are_the_step_weights([out], seen, steps=1)
 
 
 @pytest.mark.parametrize("method", ["CAMKD", "AEKD"])
 @pytest.mark.parametrize("distill", ["abound", "fsp"])
 def test_init_stage_methods_default_to_no_main_phase_loss(distill, method):
-    task, labels = make_task(distill, ("resnet8x4", "vgg8"), method=method)
+    task, labels, _ = make_task(distill, ("resnet8x4", "vgg8"), method=method)
     task.train_mode()
-    out = task.step(batch_of(labels, B=4), epoch=1)
+    out = forward(task, *batch_of(labels, B=4), epoch=1)
     assert out.metrics[f"loss_{distill}"].item() == 0.0
     out.loss.backward()
     for d in task.terms[1].distillers:
@@ -488,7 +481,7 @@ def init_losses(task, loader):
             mod.train()
     sums = torch.zeros(len(pairs), dtype=torch.float64)
     for x, y, idx in loader:
-        s_out, t_outs = task.forward_all(x)
+        s_out, t_outs = task.objective.outputs(x)
         sums += torch.stack([d.init_stage_loss(s_out, t_outs[m], Batch(x, y, idx)) for m, d in pairs]).double()
     return (sums / len(loader)).tolist()
 
@@ -503,7 +496,7 @@ def changed(before, module):
 
 @pytest.mark.parametrize("distill", INIT_STAGE)
 def test_init_stage_trains_connectors_and_lowers_the_init_loss(distill):
-    task, labels = make_task(distill, ("resnet8x4", "vgg8"), init_epochs=4, momentum=0.9, weight_decay=5e-4)
+    task, labels, args = make_task(distill, ("resnet8x4", "vgg8"), init_epochs=4, momentum=0.9, weight_decay=5e-4)
     ds = task.terms[1].distillers
     init_mods = {"abound": lambda d: d.connectors, "fsp": lambda d: d.connectors, "factor": lambda d: d.paraphraser}
     before_conn = [snapshot(init_mods[distill](d)) for d in ds]
@@ -513,7 +506,7 @@ def test_init_stage_trains_connectors_and_lowers_the_init_loss(distill):
     loader = TinyLoader(labels)
     first = init_losses(task, loader)
     lines = []
-    run_init_stage(task, loader, task.args, lines.append)
+    run_init_stage(task.objective, loader, args, lines.append)
     assert len([line for line in lines if "init epoch" in line]) == 4
     last = init_losses(task, loader)
     assert all(b < a for a, b in zip(first, last)), (first, last)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train_teacher
-from helper.loop import ClassifierTask
+from helper.task import ClassifierTask
 from helper.results import find_runs, tables
 
 from conftest import Interrupt, dies_at_step, run_student
@@ -84,12 +84,13 @@ def test_two_methods_three_trials_compare(student_save_dir, tmp_path):
 def test_val_split_best_is_chosen_on_validation_and_never_trained_on(tmp_path, monkeypatch):
     import dataset
     captured = {}
-    original = train_teacher.loaders_from_args
+    from helper import teacher_run
+    original = teacher_run.loaders_from_args
 
     def capture(*a, **k):
         captured["loaders"] = original(*a, **k)
         return captured["loaders"]
-    monkeypatch.setattr(train_teacher, "loaders_from_args", capture)
+    monkeypatch.setattr(teacher_run, "loaders_from_args", capture)
     save = str(tmp_path)
     assert train_teacher.main(TINY + ["--val_split", "10", "--save_dir", save]) == 0
     loaders = captured["loaders"]

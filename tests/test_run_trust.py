@@ -18,10 +18,12 @@ import train_student
 import train_teacher
 from helper import runfolder
 from helper.checkpoint import atomic_save
-from helper.loop import ClassifierTask, StepOutput
+from helper.task import ClassifierTask, StepOutput
 from helper.manifest import ManifestError, add_teacher, manifest_path, read_manifest
 from helper.results import find_runs
 from models import model_dict
+
+from builders import student_config, student_name, teacher_configs, teacher_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -127,8 +129,7 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_at_the_next_start(tmp_
 
 def test_teacher_folder_names_tell_result_changing_flags_apart():
     def folder(*argv):
-        _, args = train_teacher.parse_args(["--model", "resnet8", "--dataset", "digits", *argv])
-        return os.path.basename(train_teacher.run_folder(args, args.trial_list[0]))
+        return teacher_folder(teacher_configs("--model", "resnet8", "--dataset", "digits", *argv)[0])
     assert folder() == PLAIN                                         # RepDistiller's name is kept
     assert folder("--seed", "5") == PLAIN + "_seed~5"
     assert folder("--loss", "evidential").endswith("_loss~evidential")
@@ -138,25 +139,21 @@ def test_teacher_folder_names_tell_result_changing_flags_apart():
 
 
 def _student_args(*argv):
-    _, args = train_student.parse_args(["--dataset", "digits", *argv])
-    train_student.resolve_loss_weights(args, lambda note: None)
-    return args
+    return student_config("--dataset", "digits", *argv)
 
 
 def test_student_names_differ_in_teachers_seed_and_loss_flags_and_are_folder_safe():
     base = _student_args()
-    name = train_student.run_name(base, ["resnet8"], ["aaaa"])
+    name = student_name(base, ["resnet8"], ["aaaa"])
     assert name.startswith("S~resnet8_digits_kd_r~1.0_a~1.0_b~0.0_0_resnet8_h")
-    others = [train_student.run_name(base, ["resnet8"], ["bbbb"]),             # another teacher checkpoint
-              train_student.run_name(_student_args("--seed", "1"), ["resnet8"], ["aaaa"]),
-              train_student.run_name(_student_args("--kd_T", "8"), ["resnet8"], ["aaaa"]),
-              train_student.run_name(_student_args("-C", "0.7"), ["resnet8"], ["aaaa"])]
+    others = [student_name(base, ["resnet8"], ["bbbb"]),             # another teacher checkpoint
+              student_name(_student_args("--seed", "1"), ["resnet8"], ["aaaa"]),
+              student_name(_student_args("--kd_T", "8"), ["resnet8"], ["aaaa"]),
+              student_name(_student_args("-C", "0.7"), ["resnet8"], ["aaaa"])]
     assert len({name, *others}) == 5
     assert "_seed~1_" in others[1] and "_kd_T~8.0_" in others[2]
-    assert train_student.run_name(_student_args("--epochs", "9", "--print_freq", "3"), ["resnet8"], ["aaaa"]) == name
-    future = _student_args()
-    future.distill = "kd+attention:1000"                              # composite objectives (issue 15)
-    odd = train_student.run_name(future, ["resnet8"], ["aaaa"])
+    assert student_name(_student_args("--epochs", "9", "--print_freq", "3"), ["resnet8"], ["aaaa"]) == name
+    odd = student_name(_student_args("--distill", "kd+attention:1000"), ["resnet8"], ["aaaa"])   # composite objectives
     assert "kd+attention~1000" in odd and ":" not in odd and "/" not in odd
 
 
@@ -385,17 +382,17 @@ def test_read_only_save_folder_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def _stop_in_epoch(monkeypatch, epoch, make):
-    original = ClassifierTask.step
+    original = ClassifierTask.train_step
     calls = {"n": 0}
 
-    def step(self, batch, e):
-        out = original(self, batch, e)
+    def step(self, batch, e, *args):
+        out = original(self, batch, e, *args)
         if e == epoch:
             calls["n"] += 1
             if calls["n"] == 2:
                 return make(out)
         return out
-    monkeypatch.setattr(ClassifierTask, "step", step)
+    monkeypatch.setattr(ClassifierTask, "train_step", step)
 
 
 def test_ctrl_c_prints_where_it_stopped_and_the_resume_command(tmp_path, monkeypatch, capsys):
@@ -472,11 +469,11 @@ def test_a_partial_last_metrics_line_is_not_corruption(tmp_path):
 
 
 def test_student_ctrl_c_before_the_first_checkpoint_says_so(one_epoch_teachers, tmp_path, monkeypatch, capsys):
-    from helper.distill import StudentTask
+    from helper.student_step import StudentTask
 
-    def interrupt(self, batch, epoch):
+    def interrupt(self, batch, epoch, *args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(StudentTask, "step", interrupt)
+    monkeypatch.setattr(StudentTask, "train_step", interrupt)
     code = train_student.main(["--dataset", "digits", "--save_dir", str(tmp_path), "--quiet", "--model_s", "resnet8",
                                "--epochs", "1", "--batch_size", "256", "--skip_validation",
                                "--path_t", teacher_paths(one_epoch_teachers)[0]])

@@ -16,10 +16,10 @@ from distiller_zoo.routing import OUTPUT, distiller_rows, gumbel_softmax
 from distiller_zoo.routing.gumbel import gumbel_noise
 from distiller_zoo.routing.router import Routing, subset_batch, subset_output
 from helper.checkpoint import ResumeError
-from helper.distill import build_terms
-from helper.spot_adaptive import build_spot_task, same_family
+from helper.spot_adaptive import same_family
 from helper.teachers import TeacherEnsemble
 from models import model_dict
+from builders import forward, step_config, student_task
 from conftest import assert_shares_are_the_step_weights, recording_term_weights
 
 NUM_CLASSES = 10
@@ -27,13 +27,8 @@ IMAGE = 16          # the CIFAR nets run on any size >= 8; 16 px keeps these tes
 
 
 def options(**kw):
-    args = train_student.build_parser().parse_args(["--spot_adaptive"])
-    args.learning_rate, args.lr_decay_epochs = 0.05, [100]
-    args.gamma, args.alpha, args.beta = 1.0, 1.0, 1.0
-    args.feat_dim, args.nce_k = 16, 50
-    for key, value in kw.items():
-        setattr(args, key, value)
-    return args
+    return step_config(**dict(dict(spot_adaptive=True, learning_rate=0.05, lr_decay_epochs="100", gamma=1.0,
+                                   alpha=1.0, beta=1.0, feat_dim=16, nce_k=50), **kw))
 
 
 _BUILT = {}
@@ -48,13 +43,9 @@ def make_task(distill="attention", archs=("resnet8",), student="resnet8", method
 
 
 def build_task(distill, archs, student, method, seed, **kw):
-    torch.manual_seed(seed)
-    args = options(distill=distill, ensemble_method=method, **kw)
-    teachers = TeacherEnsemble([model_dict[a](num_classes=NUM_CLASSES) for a in archs], list(archs))
-    s = model_dict[student](num_classes=NUM_CLASSES)
-    terms = build_terms(args, s, teachers, NUM_CLASSES, num_data=64, image_size=IMAGE,
+    args = options(distill=distill, ensemble_method=method, teacher_num=len(archs), **kw)
+    task = student_task(args, archs, student, NUM_CLASSES, seed, num_data=64, image_size=IMAGE,
                         train_labels=torch.arange(64) % NUM_CLASSES)
-    task = build_spot_task(args, s, teachers, terms, NUM_CLASSES, IMAGE)
     task.train_mode()
     task.epoch_begin(2, 10)
     return task
@@ -99,12 +90,12 @@ def test_policy_decisions_are_one_hot_and_train_the_policy():
     task = make_task(policy_homo="no")
     x, y, _ = data()
     s_out, t_outs = outputs(task, x)
-    d = task.router.decide(s_out, t_outs)
+    d = task.routing.router.decide(s_out, t_outs)
     assert d.y.shape == (8, 4, 2)                                   # spots f1, f2, f3, out; teacher, student
     assert set(d.y.detach().unique().tolist()) <= {0.0, 1.0} and torch.equal(d.y.detach().sum(-1), torch.ones(8, 4))
     assert torch.equal(d.selected[:, 0], d.y.detach()[..., 0].t())  # selected = "teacher" option
     d.y[..., 0].sum().backward()
-    assert task.router.policy.fc.weight.grad.abs().sum() > 0
+    assert task.routing.router.policy.fc.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in task.model.parameters())     # policy input is detached
 
 
@@ -116,7 +107,7 @@ def test_policy_decisions_are_one_hot_and_train_the_policy():
 ])
 def test_start_up_bias_towards_distilling_for_same_family_pairs(archs, student, homo, favoured):
     task = make_task("kd", archs=archs, student=student, policy_homo=homo, method="AVERAGE_LOSS")
-    router = task.router
+    router = task.routing.router
     assert router.favoured == favoured
     bias = router.policy.fc.bias
     assert bias.is_leaf and bias.requires_grad                        # edited under no_grad (reference bug)
@@ -139,13 +130,13 @@ def test_start_up_bias_towards_distilling_for_same_family_pairs(archs, student, 
 ])
 def test_spots_follow_where_each_loss_reads(distill, spots):
     task = make_task(distill)
-    plan = task.router.plan
+    plan = task.routing.router.plan
     assert [s.label for s in plan.spots] == spots
     assert plan.term_rows["kd"] == [len(spots) - 1]
     if distill != "kd":
         assert [plan.spots[k].label for k in plan.term_rows[distill]] == spots[:-1]
     assert plan.relational.get(distill, False) == (distill in ("similarity", "rkd", "pkt", "correlation"))
-    assert len(task.router.hints) == len(spots) - 1
+    assert len(task.routing.router.hints) == len(spots) - 1
 
 
 @pytest.mark.parametrize("pairing, spots", [
@@ -155,7 +146,7 @@ def test_spots_follow_where_each_loss_reads(distill, spots):
 def test_heterogeneous_spots_pair_each_network_own_index(pairing, spots):
     task = make_task("attention", archs=("resnet8",), student="vgg8",      # 4 student maps, 3 teacher maps
                      feat_pairing=pairing)
-    assert [(s.student, s.teachers) for s in task.router.plan.spots] == spots + [(OUTPUT, (OUTPUT,))]
+    assert [(s.student, s.teachers) for s in task.routing.router.plan.spots] == spots + [(OUTPUT, (OUTPUT,))]
 
 
 def test_same_family_follows_the_reference_homo_configs():
@@ -195,7 +186,7 @@ def one_hot_decisions(choice, M):
 @pytest.mark.parametrize("archs", [("resnet8",), ("resnet14", "wrn_16_2", "resnet8")])
 def test_graft_is_the_plain_student_or_the_plain_teacher(archs):
     task = make_task("attention", archs=archs)
-    router, M = task.router, len(archs)
+    router, M = task.routing.router, len(archs)
     x, _, _ = data()
     S = len(router.plan.spots)
     bn = {k: v.clone() for k, v in task.model.state_dict().items() if "running" in k}
@@ -216,7 +207,7 @@ def test_graft_is_the_plain_student_or_the_plain_teacher(archs):
 def test_graft_switches_networks_at_the_spots_through_identity_adapters():
     """Same-shape pair, identity adapters: each segment runs the chosen network's stages."""
     task = make_task("attention", archs=("resnet8",))
-    router = task.router
+    router = task.routing.router
     for lists in (router.hints, router.anti_hints):
         for k in range(len(lists)):
             lists[k] = nn.ModuleList([nn.Identity()])
@@ -239,7 +230,7 @@ def test_graft_switches_networks_at_the_spots_through_identity_adapters():
 # -- masked losses -----------------------------------------------------------------------------------
 def routed_term(task, key, x, y, idx, choice):
     s_out, t_outs = outputs(task, x)
-    routing = Routing(task.router, task.router.decision(choice))
+    routing = Routing(task.routing.router, task.routing.router.decision(choice))
     loss, weights, _ = term(task, key)(s_out, t_outs, Batch(x, y, idx, 2), routing)
     return loss, weights, s_out, t_outs
 
@@ -277,7 +268,7 @@ def test_relational_losses_are_computed_on_the_routed_sub_batch(distill):
     sub = d(subset_output(s_out, keep), subset_output(t_outs[0], keep), subset_batch(Batch(x, y, idx, 2), keep))
     assert loss.item() == pytest.approx((sub.per_sample.mean() * keep.sum() / 12).item(), rel=1e-5)
     # the samples the routing left out get no gradient from a relational loss (rows masking would give some)
-    (grad,) = torch.autograd.grad(loss, s_out.feats[task.router.plan.spots[0].student])
+    (grad,) = torch.autograd.grad(loss, s_out.feats[task.routing.router.plan.spots[0].student])
     assert grad[keep].abs().sum() > 0 and grad[~keep].abs().sum() == 0
 
 
@@ -300,20 +291,20 @@ def test_mode_all_is_plain_distillation_and_anti_reverses_the_policy():
     x, y, idx = data()
     s_out, t_outs = outputs(task, x)
     b = Batch(x, y, idx, 2)
-    d = task.router.decide(s_out, t_outs)
+    d = task.routing.router.decide(s_out, t_outs)
     assert d.y is None and torch.equal(d.masks, torch.ones_like(d.masks))
     for key in ("kd", "attention"):
-        routed, _, _ = term(task, key)(s_out, t_outs, b, task.router.step(d))
+        routed, _, _ = term(task, key)(s_out, t_outs, b, task.routing.router.step(d))
         plain, _, _ = term(task, key)(s_out, t_outs, b)
         assert routed.item() == pytest.approx(plain.item(), rel=1e-6)
     adaptive = make_task("attention", policy_homo="no")
     anti = make_task("attention", policy_homo="no", spot_mode="anti")
     s_out, t_outs = outputs(adaptive, x)
     noise = gumbel_noise(torch.zeros(8, 4, 2))
-    a = adaptive.router.decide(s_out, t_outs, noise=noise)
-    r = anti.router.decide(s_out, t_outs, noise=noise)
+    a = adaptive.routing.router.decide(s_out, t_outs, noise=noise)
+    r = anti.routing.router.decide(s_out, t_outs, noise=noise)
     assert torch.equal(r.selected, 1 - a.selected) and 0 < a.selected.mean() < 1
-    rnd = make_task("kd", archs=("resnet8", "resnet14"), method="CAMKD", spot_mode="random").router
+    rnd = make_task("kd", archs=("resnet8", "resnet14"), method="CAMKD", spot_mode="random").routing.router
     d = rnd.decide(NetOutput(feats=[], logits=torch.zeros(4000, NUM_CLASSES)), [])   # uniform over 3 options
     usage = rnd.usage(d)
     assert d.y is None and usage["spot_out"].item() == pytest.approx(2 / 3, abs=0.03)
@@ -366,16 +357,16 @@ def test_m1_routing_is_the_single_teacher_method():
     reference = copy.deepcopy(task)
     torch.manual_seed(11)
     noise = gumbel_noise(torch.zeros(16, 4, 2))
-    student_ref, policy_ref = paper_step(reference, reference.router, x, y, noise)
-    params = list(reference.router.parameters())
+    student_ref, policy_ref = paper_step(reference, reference.routing.router, x, y, noise)
+    params = list(reference.routing.router.parameters())
     grads = torch.autograd.grad(policy_ref, params, allow_unused=True)
     torch.manual_seed(11)
-    out = task.step((x, y, idx), epoch=2)
-    task.update_policy(out)                       # the policy's part of train_step
+    out = forward(task, x, y, idx, epoch=2)
+    task.routing.update_policy(out)                       # the policy's part of train_step
     assert out.loss.item() == pytest.approx(student_ref.item(), rel=1e-5)
     assert out.metrics["policy_loss"].item() == pytest.approx(policy_ref.item(), rel=1e-5)
     lr, wd = 0.05 * 0.5, 1e-3
-    for p_new, p_old, g in zip(task.router.parameters(), params, grads):
+    for p_new, p_old, g in zip(task.routing.router.parameters(), params, grads):
         g = torch.zeros_like(p_old) if g is None else g
         assert torch.allclose(p_new, p_old - lr * (g + wd * p_old), atol=1e-6)
 
@@ -383,25 +374,25 @@ def test_m1_routing_is_the_single_teacher_method():
 # -- gradients and the step order ---------------------------------------------------------------------
 def test_student_and_policy_get_gradient_from_their_own_losses_only():
     task = make_task("hint", archs=("resnet8", "resnet14"), method="CAMKD", policy_homo="no")
-    router_before = [p.detach().clone() for p in task.router.parameters()]
+    router_before = [p.detach().clone() for p in task.routing.router.parameters()]
     x, y, idx = data(B=16)
-    out = task.step((x, y, idx), epoch=2)
-    assert all(torch.equal(a, b) for a, b in zip(router_before, task.router.parameters()))   # forward only
-    task.update_policy(out)
+    out = forward(task, x, y, idx, epoch=2)
+    assert all(torch.equal(a, b) for a, b in zip(router_before, task.routing.router.parameters()))   # forward only
+    task.routing.update_policy(out)
     # the policy step happened: the policy and adapters moved, from L_p alone
-    assert any(not torch.equal(a, b) for a, b in zip(router_before, task.router.parameters()))
-    assert all(p.grad is not None for p in task.router.policy.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(router_before, task.routing.router.parameters()))
+    assert all(p.grad is not None for p in task.routing.router.policy.parameters())
     assert all(p.grad is None for p in task.terms.parameters())          # L_p never reaches the connectors
     assert all(p.grad is None for p in task.model.parameters())          # ... nor the student (backward(inputs=))
     for t in task.teachers.models:                                        # and teachers get none
         assert all(p.grad is None and not p.requires_grad for p in t.parameters())
     # then train_step's zero_grad of the main optimiser, backward of the student loss
-    router_grads = [p.grad.clone() for p in task.router.parameters()]
-    assert all(g is None for g in torch.autograd.grad(out.loss, list(task.router.parameters()), retain_graph=True,
+    router_grads = [p.grad.clone() for p in task.routing.router.parameters()]
+    assert all(g is None for g in torch.autograd.grad(out.loss, list(task.routing.router.parameters()), retain_graph=True,
                                                        allow_unused=True))
     task.model.zero_grad(set_to_none=True)
     out.loss.backward()
-    assert all(torch.equal(g, p.grad) for g, p in zip(router_grads, task.router.parameters()))
+    assert all(torch.equal(g, p.grad) for g, p in zip(router_grads, task.routing.router.parameters()))
     assert task.model.conv1.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in term(task, "hint").parameters())
     for t in task.teachers.models:
@@ -415,29 +406,29 @@ def test_every_strategy_with_routing(method):
     task = make_task("attention", archs=("resnet8", "resnet14", "resnet8"), method=method)
     x, y, idx = data(B=8)
     with recording_term_weights(task) as seen:
-        out = task.step((x, y, idx), epoch=2)
+        out = forward(task, x, y, idx, epoch=2)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert task.model.conv1.weight.grad is not None
-    assert_shares_are_the_step_weights(task, seen, steps=1)
+    assert_shares_are_the_step_weights([out], seen, steps=1)
 
 
 def test_policy_lr_follows_the_schedule():
     task = make_task("kd", lr_decay_epochs=[3], policy_lr_ratio=0.5)
     task.epoch_begin(5, 10)
-    assert task.policy_optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.1 * 0.5)
+    assert task.routing.policy_optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.1 * 0.5)
 
 
 def test_policy_and_adapters_are_saved_and_restored_strictly():
     task = make_task("attention", policy_homo="no")
     x, y, idx = data()
-    task.update_policy(task.step((x, y, idx), epoch=2))
+    task.routing.update_policy(forward(task, x, y, idx, epoch=2))
     state = copy.deepcopy(task.extra_state())
     fresh = make_task("attention", policy_homo="no", seed=5)
     fresh.load_extra_state(state)
-    for (k, a), b in zip(task.router.state_dict().items(), fresh.router.state_dict().values()):
+    for (k, a), b in zip(task.routing.router.state_dict().items(), fresh.routing.router.state_dict().values()):
         assert torch.equal(a, b), k
-    assert fresh.policy_optimizer.state_dict()["state"].keys() == task.policy_optimizer.state_dict()["state"].keys()
+    assert fresh.routing.policy_optimizer.state_dict()["state"].keys() == task.routing.policy_optimizer.state_dict()["state"].keys()
     with pytest.raises(ResumeError, match="spot-adaptive"):
         fresh.load_extra_state({k: v for k, v in state.items() if k != "spot_router"})
     other = make_task("hint")                                             # other spots: does not fit

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from helper.spot_adaptive import SpotAdaptiveTask
+from helper.student_step import StudentTask
 from models import model_dict
 
 from conftest import (BIT_IDENTICAL, Interrupt, assert_generalises_like_kd, assert_same_checkpoints, dies_at_step,
@@ -80,7 +80,7 @@ def test_spot_adaptive_resume_is_bit_identical(tmp_path):
     save_a, save_b = str(tmp_path / "a"), str(tmp_path / "b")
     code, run_a, _ = run_student(save_a, *args)
     assert code == 0
-    with dies_at_step(SpotAdaptiveTask, epoch=2, step=3), pytest.raises(Interrupt):
+    with dies_at_step(StudentTask, epoch=2, step=3), pytest.raises(Interrupt):
         run_student(save_b, *args)
     code, run_b, metrics_b = run_student(save_b, *args, "--resume")
     assert code == 0

@@ -8,7 +8,7 @@ synchronise, so CI catches most of them first."""
 import pytest
 import torch
 
-from conftest import build_student_task, student_options
+from builders import step_config, student_task
 from sync_guard import HostSync, NoHostSync
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -23,9 +23,9 @@ LOSSES = pytest.mark.parametrize("distill, beta", [("kd", 0.0), ("inter", 50.0),
 @STRATEGIES
 @LOSSES
 def test_student_step_never_synchronises(method, extra, distill, beta):
-    args = student_options(distill=distill, ensemble_method=method, beta=beta, beta_delay_epochs=0,
-                           device="cuda", **extra)
-    task = build_student_task(args, ("resnet8", "resnet14", "resnet8"))
+    args = step_config(distill=distill, ensemble_method=method, beta=beta, beta_delay_epochs=0, teacher_num=3,
+                       device="cuda", **extra)
+    task = student_task(args, ("resnet8", "resnet14", "resnet8"))
     task.model.cuda()
     task.terms.cuda()
     task.teachers.to("cuda")
@@ -53,9 +53,9 @@ def test_student_step_calls_nothing_that_synchronises(method, extra, distill, be
     """The CPU twin of the test above, under ``NoHostSync`` (fewer cases: CI's time is short; every
     strategy, the logit and a feature term, and a map loss)."""
     torch.manual_seed(0)
-    args = student_options(distill=distill, ensemble_method=method, beta=beta, beta_delay_epochs=0,
-                           device="cpu", **extra)
-    task = build_student_task(args, ("resnet8", "resnet14", "resnet8"))
+    args = step_config(distill=distill, ensemble_method=method, beta=beta, beta_delay_epochs=0, teacher_num=3,
+                       **extra)
+    task = student_task(args, ("resnet8", "resnet14", "resnet8"))
     optimizer = torch.optim.SGD(task.trainable().parameters(), lr=0.01, momentum=0.9)
     batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
     task.train_mode()

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import train_student
-from helper.distill import StudentTask
+from helper.student_step import StudentTask
 from models import model_dict
 
+from builders import student_config, student_name
 from conftest import BIT_IDENTICAL, Interrupt, assert_same_checkpoints, dies_at_step, read_metrics, run_student
 
 FAST = ["--epochs", "4", "--lr_decay_epochs", "3", "--batch_size", "32"]
@@ -113,7 +114,7 @@ def one_line_error(capsys):
     (["--distill", "kd+hint+kd"], "kd appears twice"),
     (["--distill", "kd+hint@CAMKD"], "--distill hint@CAMKD needs at least 2 teachers"),
     (["--teacher_num", "1", "--ensemble_method", "CAMKD"], "CAMKD needs at least 2 teachers"),
-    (["--teacher_num", "0"], "--teacher_num must be at least 1"),
+    (["--teacher_num", "0"], "argument --teacher_num: expected an integer >= 1"),
     (["--teachers", "a", "--path_t", "b"], "not both"),
     (["--model_s", "resnet9000"], "--model_s 'resnet9000'"),
     (["--tag", "a/b"], "--tag: 'a/b'"),
@@ -169,8 +170,7 @@ def test_teacher_checkpoint_of_unknown_architecture(tmp_path, capsys):
 def test_run_name_shows_the_flags_that_tell_runs_apart(argv, suffix):
     """CA-MKD's prefix, the result flags not at their default (read from the parser, no method
     names in the code), --tag, then the configuration hash."""
-    _, args = train_student.parse_args(["--dataset", "digits"] + argv)
-    train_student.resolve_loss_weights(args, lambda note: None)
-    name = train_student.run_name(args, ["resnet8"] * args.teacher_num)
+    args = student_config("--dataset", "digits", *argv)
+    name = student_name(args, ["resnet8"] * args.teacher_num)
     assert name.startswith("S~resnet8_digits_kd_") and name[:-10].endswith(suffix), name
     assert name[-10:-8] == "_h" and all(c in "0123456789abcdef" for c in name[-8:])

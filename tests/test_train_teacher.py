@@ -8,7 +8,7 @@ import torch
 
 import setting
 import train_teacher
-from helper.loop import ClassifierTask, StepOutput
+from helper.task import ClassifierTask, StepOutput
 from helper.manifest import ManifestError, add_teacher, manifest_path, read_manifest
 from models.checkpoint import load_model
 
@@ -97,17 +97,17 @@ def test_resume_gives_bit_identical_weights(tmp_path):
 
 
 def test_non_finite_loss_stops_cleanly(tmp_path, monkeypatch, capsys):
-    original = ClassifierTask.step
+    original = ClassifierTask.train_step
     counter = {"n": 0}
 
-    def step(self, batch, epoch):
-        out = original(self, batch, epoch)
+    def step(self, batch, epoch, *args):
+        out = original(self, batch, epoch, *args)
         if epoch == 2:
             counter["n"] += 1
             if counter["n"] == 3:
                 return StepOutput(out.loss * float("nan"), out.logits, out.labels)
         return out
-    monkeypatch.setattr(ClassifierTask, "step", step)
+    monkeypatch.setattr(ClassifierTask, "train_step", step)
     save = str(tmp_path)
     code = train_teacher.main(QUICK + ["--epochs", "3", "--save_dir", save])
     err = capsys.readouterr().err
@@ -121,11 +121,11 @@ def test_non_finite_loss_stops_cleanly(tmp_path, monkeypatch, capsys):
     (["--model", "resnet9000"], "--model 'resnet9000'"),
     (["--lr_decay_epochs", "150,x"], "--lr_decay_epochs"),
     (["--lr_decay_epochs", "180,150"], "increasing"),
-    (["--epochs", "-3"], "--epochs must be a positive integer"),
+    (["--epochs", "-3"], "argument --epochs: expected an integer >= 1"),
     (["--trials", "0,0"], "--trials"),
     (["--dataset", "mnist"], "--dataset"),
     (["--device", "tpu"], "--device"),
-    (["--eval_batch_size", "0"], "--eval_batch_size must be a positive integer"),
+    (["--eval_batch_size", "0"], "argument --eval_batch_size: expected an integer >= 1"),
     (["--cuda_graphs", "warp"], "--cuda_graphs"),
 ])
 def test_bad_flags_give_one_line_errors(argv, needle, capsys):

@@ -9,19 +9,20 @@ from distiller_zoo.base import Batch, EnsembleStrategy, NetOutput
 from distiller_zoo.KD import kd_loss
 from distiller_zoo.ensembles.aekd import aekd_teacher_weights
 from distiller_zoo.ensembles.evidential import calibrated_sharpness
-from helper.distill import TermSpec, objective_terms, term_weights
+from helper.objective import ObjectiveSchedule, TermSpec, objective_terms
+from helper.student_step import loss_options
 
-from conftest import (assert_shares_are_the_step_weights, build_student_task, random_batch,
-                      recording_term_weights, student_options)
+from builders import forward, random_batch, step_config, student_task
+from conftest import assert_shares_are_the_step_weights, recording_term_weights
 
 
 def options(**kw):
-    return student_options(**{"beta_delay_epochs": 0, "epochs": 10, **kw})
+    return step_config(**{"beta_delay_epochs": 0, "epochs": 10, **kw})
 
 
 def make_run(archs=("resnet8", "resnet14", "resnet8x4"), student="resnet8", num_classes=10, seed=0, **kw):
-    args = options(**kw)
-    return build_student_task(args, archs, student, num_classes, seed), args
+    args = options(teacher_num=len(archs), **kw)
+    return student_task(args, archs, student, num_classes, seed), args
 
 
 @pytest.mark.parametrize("method", ["AVERAGE_LOSS", "EBKD", "CAMKD", "AEKD"])
@@ -31,15 +32,15 @@ def test_every_strategy_with_kd_hint_and_inter(method, distill):
     task.train_mode()
     x, y = random_batch()
     with recording_term_weights(task) as seen:
-        out = task.step((x, y), epoch=2)
+        out = forward(task, x, y, epoch=2)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is not None for p in task.model.parameters() if p.requires_grad)
     for t in task.teachers.models:
         assert all(p.grad is None for p in t.parameters())
-    assert_shares_are_the_step_weights(task, seen, steps=1)
+    assert_shares_are_the_step_weights([out], seen, steps=1)
     if method == "AVERAGE_LOSS":
-        assert all(v == pytest.approx(1 / 3) for v in task.epoch_metrics().values())
+        assert all(torch.allclose(v, torch.full((3,), 1 / 3)) for v in out.shares.values())
 
 
 def test_kd_step_equals_hand_computed_objective():
@@ -48,7 +49,7 @@ def test_kd_step_equals_hand_computed_objective():
     task.train_mode()
     x, y = random_batch()
     torch.manual_seed(5)
-    out = task.step((x, y), epoch=1)
+    out = forward(task, x, y, epoch=1)
     # independent recomputation with the same module states (BN in train mode, same batch)
     s_logits = out.logits.detach()
     with torch.no_grad():
@@ -65,7 +66,7 @@ def test_camkd_inter_gradients_reach_student_and_embeddings_not_teachers():
     task.train_mode()
     before = [{k: v.clone() for k, v in t.state_dict().items()} for t in task.teachers.models]
     x, y = random_batch()
-    out = task.step((x, y), epoch=2)
+    out = forward(task, x, y, epoch=2)
     out.loss.backward()
     embeds = [d.embed for d in task.terms[1].distillers]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for e in embeds for p in e.parameters()
@@ -104,7 +105,7 @@ def test_aekd_hint_weights_use_feature_gradients():
     task.train_mode()
     x, y = random_batch()
     with recording_term_weights(task) as seen:
-        out = task.step((x, y), epoch=2)
+        out = forward(task, x, y, epoch=2)
     feats, logits = task.model(x, is_feat=True)             # train-mode BN: the same batch statistics
     t_feats = [t(x, is_feat=True)[0] for t in task.teachers.models]
     f_s = feats[args.hint_layer]
@@ -158,7 +159,7 @@ def test_the_step_weights_each_teachers_loss_by_its_strategy(method, extra):
     task, args = make_run(distill="kd", ensemble_method=method, **extra)
     task.train_mode()
     x, y = random_batch()
-    out = task.step((x, y), epoch=2)
+    out = forward(task, x, y, epoch=2)
     s, t = out.logits.detach().float(), teacher_logits(task, x)
     L = torch.stack([kd_loss(s, tm, args.kd_T) for tm in t])
     W = strategy_weights_by_hand(method, t, y, s, args)
@@ -175,7 +176,7 @@ def test_evidential_pool_step_distils_the_pooled_teacher():
     task, args = make_run(distill="kd", ensemble_method="EVIDENTIAL", evidential_mode="pool")
     task.train_mode()
     x, y = random_batch()
-    out = task.step((x, y), epoch=2)
+    out = forward(task, x, y, epoch=2)
     s, t = out.logits.detach().float(), teacher_logits(task, x)
     beta = calibrated_sharpness(t, y)
     z = t / args.evidential_T
@@ -190,12 +191,13 @@ def test_loss_weight_schedule_follows_camkd():
     args = options(distill="inter", gamma=1.0, alpha=1.0, beta=50.0, epochs=240, beta_delay_epochs=1,
                    distill_decay=True)
     terms = objective_terms(args)
+    schedule = ObjectiveSchedule.of(args)
     assert terms == [TermSpec("kd", 1.0, "AVERAGE_LOSS", "logit"), TermSpec("inter", 50.0, "AVERAGE_LOSS", "feature")]
-    assert term_weights(args, terms, 1) == (1.0, [1.0, 0.0])
-    assert term_weights(args, terms, 120) == (1.0, [1.0, 50.0])
-    gamma, (a, b) = term_weights(args, terms, 180)
+    assert schedule.weights(terms, 1) == (1.0, [1.0, 0.0])
+    assert schedule.weights(terms, 120) == (1.0, [1.0, 50.0])
+    gamma, (a, b) = schedule.weights(terms, 180)
     assert a == pytest.approx(60 / 120) and gamma == pytest.approx(0.5) and b == 50.0
-    assert term_weights(args, terms, 240)[1][0] == 0.0
+    assert schedule.weights(terms, 240)[1][0] == 0.0
 
 
 def test_objective_layout_special_cases_and_explicit_terms():
@@ -205,7 +207,7 @@ def test_objective_layout_special_cases_and_explicit_terms():
     assert lay(distill="dkd", alpha=2.0, beta=7.0) == [("dkd", 2.0, "AVERAGE_LOSS", "logit")]
     assert lay(distill="hint", alpha=0.5, beta=7.0) == [("kd", 0.5, "AVERAGE_LOSS", "logit"),
                                                         ("hint", 7.0, "AVERAGE_LOSS", "feature")]
-    assert lay(distill="attention:1000+crd:0.8@AEKD", alpha=3.0, ensemble_method="EBKD") == [
+    assert lay(distill="attention:1000+crd:0.8@AEKD", alpha=3.0, ensemble_method="EBKD", teacher_num=2) == [
         ("kd", 3.0, "EBKD", "logit"), ("attention", 1000.0, "EBKD", "feature"), ("crd", 0.8, "AEKD", "feature")]
     assert lay(distill="dkd:2+hint", beta=9.0) == [("dkd", 2.0, "AVERAGE_LOSS", "logit"),
                                                    ("hint", 9.0, "AVERAGE_LOSS", "feature")]
@@ -217,7 +219,7 @@ def test_three_terms_each_weighted_and_combined_by_its_own_strategy():
         ("kd", "EntropyWeights"), ("hint", "EntropyWeights"), ("inter", "ConfidenceAware")]
     task.train_mode()
     x, y = random_batch()
-    out = task.step((x, y), epoch=2)
+    out = forward(task, x, y, epoch=2)
     m = out.metrics
     expected = 0.7 * m["loss_cls"] + 2.0 * m["loss_kd"] + 3.0 * m["loss_hint"] + 0.5 * m["loss_inter"]
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -230,7 +232,7 @@ def test_hint_with_cross_family_teachers():
     task, args = make_run(archs=("resnet8x4", "vgg8"), student="resnet8", distill="hint", beta=1.0)
     task.train_mode()
     x, y = random_batch()
-    out = task.step((x, y), epoch=3)
+    out = forward(task, x, y, epoch=3)
     feats, logits = task.model(x, is_feat=True)
     mse = []
     for d, t in zip(task.terms[1].distillers, task.teachers.models):
@@ -276,15 +278,15 @@ def test_a_stateful_strategy_is_checkpointed_and_restored():
     import io
 
     def run():
-        task, _ = make_run(archs=("resnet8", "resnet14"), distill="kd")
-        task.terms[0].strategy = RunningConfidence(task.args)
+        task, args = make_run(archs=("resnet8", "resnet14"), distill="kd")
+        task.terms[0].strategy = RunningConfidence(loss_options(args))
         task.train_mode()
         return task
     a, b = run(), run()
     x, y = random_batch()
     a.epoch_begin(1, 10)
-    a.step((x, y), epoch=1)
-    a.step((x.flip(3), y), epoch=1)
+    forward(a, x, y, epoch=1)
+    forward(a, x.flip(3), y, epoch=1)
     buffer = io.BytesIO()
     torch.save(a.extra_state(), buffer)
     buffer.seek(0)
@@ -294,19 +296,19 @@ def test_a_stateful_strategy_is_checkpointed_and_restored():
     for task in (a, b):
         task.epoch_begin(2, 10)
     with recording_term_weights(a) as wa, recording_term_weights(b) as wb:
-        a.step((x, y), epoch=2)
-        b.step((x, y), epoch=2)
+        forward(a, x, y, epoch=2)
+        forward(b, x, y, epoch=2)
     assert torch.equal(wa["kd"][0], wb["kd"][0]) and b.terms[0].strategy.epochs_begun == 2
     fresh = run()
     with recording_term_weights(fresh) as wf:
-        fresh.step((x, y), epoch=2)
+        forward(fresh, x, y, epoch=2)
     assert not torch.equal(wf["kd"][0], wa["kd"][0])        # without the state the step differs
     with pytest.raises(ValueError, match="keeps no state"):
         make_run(distill="kd")[0].terms[0].strategy.load_state_dict({"running": 1})
 
 
 def test_teachers_stay_compiled_after_to_and_fused_groups_are_compiled(monkeypatch):
-    import helper.loop
+    import helper.teachers
     from helper.teachers import TeacherEnsemble
     from models import model_dict
     compiled = []
@@ -316,7 +318,7 @@ def test_teachers_stay_compiled_after_to_and_fused_groups_are_compiled(monkeypat
             compiled.append(what)
             return fn(*a, **kw)
         return run
-    monkeypatch.setattr(helper.loop, "maybe_compile", fake_compile)
+    monkeypatch.setattr(helper.teachers, "maybe_compile", fake_compile)
     x = random_batch(B=2)[0]
     for fuse, expected in [(False, ["teacher a", "teacher b", "teacher c"]), (True, ["teachers a, b (fused)", "teacher c"])]:
         ens = TeacherEnsemble([model_dict[m](num_classes=10) for m in ("resnet8", "resnet8", "resnet14")],

@@ -1,0 +1,52 @@
+"""``train_teacher.py``'s flags resolved, once, into the frozen configuration of each trial."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from models import get_model_cfg, imagenet_model_dict, model_dict
+
+from . import distributed
+from .config import RunConfig
+from .distributed import DistContext
+from .execution import backend_description
+from .options import fail, is_label, model_options, resolve_common
+
+
+def parse_trials(parser, trials: Optional[str], trial: str) -> List[str]:
+    """``--trials`` as labels: a count N (0..N-1) or a list ``0,1,2``; else ``[--trial]``."""
+    if trials is None:
+        return [str(trial)]
+    text = trials.strip()
+    if text.isdigit() and "," not in text:
+        count = int(text)
+        if count < 1:
+            fail(parser, f"--trials count must be positive, got {text}")
+        return [str(i) for i in range(count)]
+    labels = [t.strip() for t in text.split(",") if t.strip()]
+    if not labels or len(set(labels)) != len(labels):
+        fail(parser, f"--trials expects a count or distinct comma-separated labels like 0,1,2, got {text!r}")
+    bad = [t for t in labels if not is_label(t)]
+    if bad:
+        fail(parser, f"--trials label {bad[0]!r}: use letters, digits and - _ . = ~ only, not starting with "
+                     f"'.' (it names a folder)")
+    return labels
+
+
+def resolve(parser, ns, ctx: Optional[DistContext] = None) -> Tuple[RunConfig, ...]:
+    """One frozen configuration per trial (``--trials``), from the parsed flags ``ns``."""
+    ctx = distributed.context_from_env() if ctx is None else ctx
+    imagenet = ns.dataset == "imagenet"
+    table = imagenet_model_dict if imagenet else model_dict
+    if ns.model not in table:
+        fail(parser, f"--model {ns.model!r} is not a {'ImageNet' if imagenet else 'CIFAR-sized'} model; "
+                     f"expected one of: {', '.join(sorted(table))}")
+    common = resolve_common(parser, ns, default_lr=get_model_cfg(ns.model, imagenet).default_lr)
+    try:
+        model_options(ns.drop_path, ns.model, imagenet)
+        per_rank = distributed.rank_settings(ctx, common["device"], ns.batch_size)
+    except ValueError as exc:
+        fail(parser, str(exc))
+    trials = parse_trials(parser, ns.trials, ns.trial)
+    base = RunConfig.from_namespace(ns, **common, **per_rank, trial_list=trials)
+    base = base.replace(backend_mode=backend_description(base.deterministic, base.device))
+    return tuple(base.replace(trial=t) for t in trials)
