@@ -21,6 +21,7 @@ Weights are equal over the samples of a batch.
 """
 import torch
 
+from ..argtypes import positive_float
 from ..base import EnsembleStrategy, add_argument_once
 from ..qp import solve_simplex_box_qp
 from ..registry import register_ensemble
@@ -49,7 +50,7 @@ def aekd_teacher_weights(grads, C=0.6, svm_norm=False):
 class GradientSpace(EnsembleStrategy):
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "-C", type=float, default=0.6, dest="C",
+        add_argument_once(parser, "-C", type=positive_float, default=0.6, dest="C",
                           help="AEKD tolerance for disagreement among teachers (nu = 1/(C*M))")
         add_argument_once(parser, "--svm_norm", action="store_true",
                           help="AEKD: normalise the teachers' gradients before the SVM")
