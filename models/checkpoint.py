@@ -107,9 +107,11 @@ def _safe_extras():
     import numpy as np
     scalar = np.float64(0).__reduce__()[0]
     extras = [argparse.Namespace, np.dtype, scalar] + [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFD"]
-    for name in ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"):
-        if name != f"{scalar.__module__}.{scalar.__name__}":
-            extras.append((scalar, name))
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if (major, minor) >= (2, 6):                 # (object, pickled name) pairs: torch 2.6 and later
+        for name in ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"):
+            if name != f"{scalar.__module__}.{scalar.__name__}":
+                extras.append((scalar, name))
     return extras
 
 
