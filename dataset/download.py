@@ -13,6 +13,10 @@ mistakes a half-written folder for data. That is why
 
 If the target folder already exists, nothing is downloaded; if it exists but lacks files, that is
 an error rather than a silent re-download over someone's data.
+
+Used for the CIFAR archives (``dataset.cifar``) and for published teachers
+(``scripts/fetch_teachers.py``: no checksum on record, ``md5=None``, a ``check`` of the extracted
+folder instead, and its own flag name in the messages).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .base import DataError, one_line
 
@@ -36,13 +40,19 @@ def missing_files(folder: Path, required: Sequence[str]):
     return [f for f in required if not (folder / f).is_file()]
 
 
-def ensure_extracted(data_folder: str, dirname: str, required: Sequence[str], *, url: str, md5: str,
-                     download: bool, what: str, archive_name: Optional[str] = None) -> Path:
+def ensure_extracted(data_folder: str, dirname: str, required: Sequence[str], *, url: str,
+                     md5: Optional[str], download: bool, what: str, archive_name: Optional[str] = None,
+                     check: Optional[Callable[[Path], None]] = None,
+                     folder_flag: str = "--data_folder") -> Path:
     """Return ``<data_folder>/<dirname>`` holding all ``required`` files, downloading and
     extracting ``url`` (checked against ``md5``) first if the folder is absent.
 
     A readable copy of the archive already lying in the data folder (torchvision keeps
     ``cifar-100-python.tar.gz`` there) is verified and extracted instead of downloading again.
+    ``md5=None``: no checksum is known, nothing is compared (say so to the user). ``check(folder)``
+    may refuse a freshly extracted folder (raise ``DataError``) before it is moved into place; it
+    is not called for a folder that already exists. ``folder_flag`` names ``data_folder`` in
+    messages.
     """
     folder = Path(data_folder).expanduser()
     target = folder / dirname
@@ -50,7 +60,7 @@ def ensure_extracted(data_folder: str, dirname: str, required: Sequence[str], *,
     if target.exists():
         if not target.is_dir():
             raise DataError(f"{target} is not a folder; expected the {what} folder {dirname}/ "
-                            f"under --data_folder {folder}")
+                            f"under {folder_flag} {folder}")
         missing = missing_files(target, required)
         if missing:
             raise DataError(f"{target} exists but lacks {', '.join(missing)}; expected the {what} "
@@ -61,9 +71,9 @@ def ensure_extracted(data_folder: str, dirname: str, required: Sequence[str], *,
     if not download and not local_archive.is_file():
         raise DataError(f"{what} not found: {target} does not exist and downloading is disabled "
                         f"(--no-download); expected {', '.join(required)} in it "
-                        f"(--data_folder {folder})")
+                        f"({folder_flag} {folder})")
     if folder.exists() and not folder.is_dir():
-        raise DataError(f"--data_folder {folder} is not a folder")
+        raise DataError(f"{folder_flag} {folder} is not a folder")
 
     created = []
     parent = folder
@@ -76,21 +86,24 @@ def ensure_extracted(data_folder: str, dirname: str, required: Sequence[str], *,
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise DataError(f"cannot create --data_folder {folder}: {e.strerror or e}") from None
+            raise DataError(f"cannot create {folder_flag} {folder}: {e.strerror or e}") from None
         if local_archive.is_file():
             archive = local_archive
-            got = file_md5(archive)
+            got = file_md5(archive) if md5 is not None else None
             if got != md5:
                 raise DataError(f"checksum mismatch for {archive}: expected md5 {md5}, got {got} "
                                 f"(delete the file to download it again)")
             source = str(archive)
         else:
-            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{archive_name}.", suffix=".part")
+            try:
+                fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{archive_name}.", suffix=".part")
+            except OSError as e:
+                raise DataError(f"cannot write into {folder_flag} {folder}: {e.strerror or e}") from None
             tmp_file = Path(tmp_name)
             print(f"{what}: downloading {url} into {folder}", file=sys.stderr, flush=True)
             with os.fdopen(fd, "wb") as out:
                 got = fetch(url, out)
-            if got != md5:
+            if md5 is not None and got != md5:
                 raise DataError(f"checksum mismatch for {url} ({what}): expected md5 {md5}, "
                                 f"got {got}")
             archive, source = tmp_file, url
@@ -98,9 +111,11 @@ def ensure_extracted(data_folder: str, dirname: str, required: Sequence[str], *,
         safe_extract(archive, tmp_dir, source)
         extracted = tmp_dir / dirname
         missing = missing_files(extracted, required) if extracted.is_dir() else list(required)
-        if missing:
-            raise DataError(f"archive {source} has no {', '.join(dirname + '/' + m for m in missing)}"
-                            f"; expected the official {what} archive")
+        if missing or not extracted.is_dir():
+            absent = ", ".join(dirname + "/" + m for m in missing) or f"{dirname}/ folder"
+            raise DataError(f"archive {source} has no {absent}; expected the official {what} archive")
+        if check is not None:
+            check(extracted)
         try:
             os.rename(extracted, target)
         except OSError:
@@ -108,8 +123,8 @@ def ensure_extracted(data_folder: str, dirname: str, required: Sequence[str], *,
             if not (target.is_dir() and not missing_files(target, required)):
                 raise
         ok = True
-        print(f"{what}: {source} (md5 {md5} verified) extracted to {target}",
-              file=sys.stderr, flush=True)
+        verified = f"md5 {md5} verified" if md5 is not None else "no checksum on record: contents checked"
+        print(f"{what}: {source} ({verified}) extracted to {target}", file=sys.stderr, flush=True)
         return target
     finally:
         if tmp_file is not None:

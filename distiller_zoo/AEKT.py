@@ -51,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .argtypes import positive_float
+from .argtypes import non_negative_float, positive_float
 from .base import Distiller, TeacherLoss, add_argument_once
 from .DKD import dkd_terms, warmup_factor
 from .KD import as_float, logit_stand_scale, standardize
@@ -122,12 +122,12 @@ class AEKT(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--aekt_alpha", type=float, default=1.0, help="AEKT: weight of the explicit term")
-        add_argument_once(parser, "--aekt_beta", type=float, default=8.0, help="AEKT: weight of the implicit term")
-        add_argument_once(parser, "--aekt_T", type=float, default=4.0, help="AEKT temperature")
-        add_argument_once(parser, "--aekt_warmup", type=float, default=20,
+        add_argument_once(parser, "--aekt_alpha", type=non_negative_float, default=1.0, help="AEKT: weight of the explicit term")
+        add_argument_once(parser, "--aekt_beta", type=non_negative_float, default=8.0, help="AEKT: weight of the implicit term")
+        add_argument_once(parser, "--aekt_T", type=positive_float, default=4.0, help="AEKT temperature")
+        add_argument_once(parser, "--aekt_warmup", type=non_negative_float, default=20,
                           help="AEKT: epochs over which the loss ramps in linearly")
-        add_argument_once(parser, "--aekt_wmax", type=float, default=5.0,
+        add_argument_once(parser, "--aekt_wmax", type=non_negative_float, default=5.0,
                           help="AEKT: clip of the adaptive weight p_t^T / p_t^S (0: no clip) [reconstructed]")
         add_argument_once(parser, "--aekt_weight", type=str, default="ratio", choices=("ratio", "none"),
                           help="AEKT: explicit-term weight, teacher/student target-confidence ratio or 1")

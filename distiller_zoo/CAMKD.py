@@ -15,6 +15,7 @@ the map already resized for teacher m).
 """
 from __future__ import annotations
 
+from .argtypes import positive_int
 from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import Embed, resize_to
 from .registry import register_distiller
@@ -27,7 +28,7 @@ class CAMKDIntermediate(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--factor", type=int, default=2, help="CA-MKD --convs bottleneck factor")
+        add_argument_once(parser, "--factor", type=positive_int, default=2, help="CA-MKD --convs bottleneck factor")
         add_argument_once(parser, "--convs", action="store_true",
                           help="CA-MKD: bottleneck conv embedding instead of a 1x1 conv")
 

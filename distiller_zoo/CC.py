@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .argtypes import positive_int
 from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import LinearEmbed, full_precision, no_autocast
 from .registry import register_distiller
@@ -79,7 +80,7 @@ class Correlation(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--feat_dim", type=int, default=128, help="embedding dimension (CRD, CC)")
+        add_argument_once(parser, "--feat_dim", type=positive_int, default=128, help="embedding dimension (CRD, CC)")
         add_argument_once(parser, "--cc_form", type=str, default="repdistiller", choices=CC_FORMS,
                           help="CC: RepDistiller's (the authors' shared code, published numbers, -b 0.02) "
                                "or the paper's Taylor-RBF correlation matrices")

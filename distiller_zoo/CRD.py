@@ -58,6 +58,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .argtypes import positive_float, positive_int, unit_interval_float
 from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
@@ -121,11 +122,12 @@ class CRD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--feat_dim", type=int, default=128, help="embedding dimension (CRD, CC)")
-        add_argument_once(parser, "--nce_k", type=int, default=16384,
+        add_argument_once(parser, "--feat_dim", type=positive_int, default=128, help="embedding dimension (CRD, CC)")
+        add_argument_once(parser, "--nce_k", type=positive_int, default=16384,
                           help="CRD: negatives per anchor (clipped, with a warning, to what the training set has)")
-        add_argument_once(parser, "--nce_t", type=float, default=0.07, help="CRD: temperature")
-        add_argument_once(parser, "--nce_m", type=float, default=0.5, help="CRD: momentum of the memory banks")
+        add_argument_once(parser, "--nce_t", type=positive_float, default=0.07, help="CRD: temperature")
+        add_argument_once(parser, "--nce_m", type=unit_interval_float, default=0.5,
+                          help="CRD: momentum of the memory banks, in [0, 1)")
         add_argument_once(parser, "--mode", type=str, default="exact", choices=["exact", "relax"],
                           help="CRD positives: the sample itself (exact) or a random sample of its class "
                                "(relax); negatives always come from other classes")

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .argtypes import finite_float, non_negative_float, positive_float
 from .base import Distiller, TeacherLoss, add_argument_once
 from .KD import kd_loss, logit_stand_weights
 from .registry import register_distiller
@@ -88,15 +89,15 @@ class CTKD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--t_start", type=float, default=1.0,
+        add_argument_once(parser, "--t_start", type=positive_float, default=1.0,
                           help="CTKD: lowest temperature (T = t_start + t_end * sigmoid(theta))")
-        add_argument_once(parser, "--t_end", type=float, default=20.0,
+        add_argument_once(parser, "--t_end", type=non_negative_float, default=20.0,
                           help="CTKD: width of the temperature range (T < t_start + t_end)")
-        add_argument_once(parser, "--decay_loops", type=float, default=10,
-                          help="CTKD: epochs of the cosine curriculum of the gradient reversal")
-        add_argument_once(parser, "--decay_max", type=float, default=0.0,
+        add_argument_once(parser, "--decay_loops", type=non_negative_float, default=10,
+                          help="CTKD: epochs of the cosine curriculum of the gradient reversal (0: full strength at once)")
+        add_argument_once(parser, "--decay_max", type=finite_float, default=0.0,
                           help="CTKD: gradient multiplier at epoch 0 (reference: 0)")
-        add_argument_once(parser, "--decay_min", type=float, default=-1.0,
+        add_argument_once(parser, "--decay_min", type=finite_float, default=-1.0,
                           help="CTKD: gradient multiplier after --decay_loops epochs (reference: -1, reversed)")
 
     @classmethod

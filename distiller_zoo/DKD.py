@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .argtypes import non_negative_float, positive_float
 from .base import Distiller, TeacherLoss, add_argument_once
 from .KD import as_float, logit_stand_scale, standardize
 from .registry import register_distiller
@@ -90,12 +91,12 @@ class DKD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--dkd_alpha", type=float, default=1.0, help="DKD weight of TCKD (paper: 1)")
-        add_argument_once(parser, "--dkd_beta", type=float, default=8.0,
+        add_argument_once(parser, "--dkd_alpha", type=non_negative_float, default=1.0, help="DKD weight of TCKD (paper: 1)")
+        add_argument_once(parser, "--dkd_beta", type=non_negative_float, default=8.0,
                           help="DKD weight of NCKD (paper: 8; 6 or 2 for some pairs, see scripts/run_logit_stand.sh)")
-        add_argument_once(parser, "--dkd_T", type=float, default=4.0, help="DKD temperature (paper: 4)")
-        add_argument_once(parser, "--dkd_warmup", type=float, default=20,
-                          help="epochs over which the DKD loss ramps in linearly (paper: 20)")
+        add_argument_once(parser, "--dkd_T", type=positive_float, default=4.0, help="DKD temperature (paper: 4)")
+        add_argument_once(parser, "--dkd_warmup", type=non_negative_float, default=20,
+                          help="epochs over which the DKD loss ramps in linearly (paper: 20; 0: no warm-up)")
 
     @classmethod
     def configure(cls, opts, given):

@@ -44,6 +44,7 @@ authors' teachers); the loss reads their logits the same way. The student predic
 """
 from __future__ import annotations
 
+from .argtypes import finite_float, non_negative_float, positive_float
 from .base import Configured, Distiller, TeacherLoss, add_argument_once
 from .dirichlet import ACTIVATIONS, distribution_kl, evidential_ce, expected_ce, mean_kl
 from .DKD import warmup_factor
@@ -72,16 +73,16 @@ class EKD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--ekd_prior", type=float, default=EKD_PRIOR,
+        add_argument_once(parser, "--ekd_prior", type=finite_float, default=EKD_PRIOR,
                           help="EKD: log of the Dirichlet prior c on every class (c = exp(value); authors' CIFAR: -1.22)")
-        add_argument_once(parser, "--ekd_T", type=float, default=1.0, help="EKD temperature (authors' CIFAR: 1)")
-        add_argument_once(parser, "--ekd_w_ce", type=float, default=1.0,
+        add_argument_once(parser, "--ekd_T", type=positive_float, default=1.0, help="EKD temperature (authors' CIFAR: 1)")
+        add_argument_once(parser, "--ekd_w_ce", type=non_negative_float, default=1.0,
                           help="EKD: weight of the evidential CE inside the loss (sets -r 0 unless -r is given)")
-        add_argument_once(parser, "--ekd_w_kd", type=float, default=4.5,
+        add_argument_once(parser, "--ekd_w_kd", type=non_negative_float, default=4.5,
                           help="EKD: weight of the first-order term (KL between Dirichlet means; authors: 4.5)")
-        add_argument_once(parser, "--ekd_w_dir", type=float, default=4.5,
+        add_argument_once(parser, "--ekd_w_dir", type=non_negative_float, default=4.5,
                           help="EKD: weight of the second-order term (KL between Dirichlets; authors: 4.5)")
-        add_argument_once(parser, "--ekd_warmup", type=float, default=30,
+        add_argument_once(parser, "--ekd_warmup", type=non_negative_float, default=30,
                           help="EKD: epochs over which the second-order term ramps in (authors' CIFAR: 30)")
         add_argument_once(parser, "--ekd_reverse", action="store_true",
                           help="EKD: KL(student || teacher) in the second-order term (authors' ImageNet variant)")

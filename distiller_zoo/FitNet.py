@@ -7,6 +7,7 @@ the batch mean is RepDistiller's ``HintLoss`` (``nn.MSELoss()``). RepDistiller's
 """
 from __future__ import annotations
 
+from .argtypes import integer
 from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import ConvReg
 from .registry import register_distiller
@@ -19,8 +20,8 @@ class FitNet(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--hint_layer", type=int, default=2,
-                          help="feature index for FitNet hints (RepDistiller: 2)")
+        add_argument_once(parser, "--hint_layer", type=integer, default=2,
+                          help="feature index for FitNet hints (RepDistiller: 2; negative counts from the end)")
 
     def __init__(self, ctx):
         super().__init__(ctx)

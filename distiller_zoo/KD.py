@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .argtypes import positive_float
+from .argtypes import non_negative_float, positive_float
 from .base import Configured, Distiller, TeacherLoss, add_argument_once
 from .registry import register_distiller
 
@@ -144,9 +144,9 @@ class KD(Distiller):
                           help="logit standardization (Sun et al. 2024) on every logit loss: per-sample "
                                "Z-score of teacher and student logits, temperature --base-temp; sets -a to "
                                "--kd-weight and -r to 0.1 (DKD: alpha, beta times --kd-weight) unless given")
-        add_argument_once(parser, "--base-temp", "--base_temp", dest="base_temp", type=float, default=2.0,
+        add_argument_once(parser, "--base-temp", "--base_temp", dest="base_temp", type=positive_float, default=2.0,
                           help="temperature on standardized logits (--logit-stand; authors: 2)")
-        add_argument_once(parser, "--kd-weight", "--kd_weight", dest="kd_weight", type=float, default=9.0,
+        add_argument_once(parser, "--kd-weight", "--kd_weight", dest="kd_weight", type=non_negative_float, default=9.0,
                           help="logit-loss weight under --logit-stand (authors: 9)")
 
     @classmethod

@@ -36,10 +36,24 @@ reference defines them: a sample is kept when the teacher's top probability is a
 median (``torch.quantile``, linear interpolation, as ``np.percentile``); a class is kept when its
 probability summed over the batch is at most the median over classes.
 
-Where we deliberately differ from the reference: it multiplies an already batch-averaged loss by
-the sample mask and averages again, so its mask only rescales the loss by the kept fraction
-(~0.5); here the mask selects samples (masked per-sample losses, averaged over the whole batch) and
-the class mask selects columns of the class-correlation difference (the paper's reading).
+How the masks act, ``--mlkd_mask`` (``MASKINGS``):
+
+- ``paper`` (default; the paper's reading): the sample mask selects samples (masked per-sample
+  losses, averaged over the whole batch) and the class mask selects columns of the
+  class-correlation difference.
+- ``reference`` (the authors' code, behind the published numbers): it multiplies an already
+  batch-averaged loss by the mask and averages again (``(loss.mean() * mask).mean()``), so a mask
+  only scales its term by the kept fraction: ``f = mean(mask)`` of the samples (about 1/2) for the
+  weak instance and the batch level, ``f_c = mean(class_mask)`` of the classes for the class level.
+  Per sample: sample ``i`` carries ``f * KD_i`` (instance) and ``f * row_i`` (batch level), and
+  every sample the batch value ``f_c * ||M_t - M_s||_F^2 / C`` (class level), so each term's batch
+  mean is the authors' value exactly (``tests/test_mlkd_reference.py`` recomputes it their way).
+
+The two differ most in the batch and class levels: the kept samples and classes (the least
+confident ones) carry the smallest Gram entries, so selecting them leaves much less than scaling the
+whole term by about 1/2. The factor grows with the teacher's confidence (synthetic 100-class
+batches of 64: 1.5x to more than 50x for the batch and class levels, the instance level within
+15%), so the correlation terms weigh far more under ``reference``.
 
 ``--logit-stand`` (Sun et al., CVPR 2024) standardizes the logits of the instance-level terms only,
 as the authors' code does (the correlation terms use raw logits), and ``configure`` sets ``-a`` to
@@ -55,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Configured, Distiller, TeacherLoss
+from .base import Configured, Distiller, TeacherLoss, add_argument_once
 from .KD import as_float, kd_loss, kd_temperature, logit_stand_weights
 from .registry import register_distiller
 
@@ -109,28 +123,46 @@ def class_correlation_loss(s: Tensor, t: Tensor, T: float, class_mask: Optional[
 STRONG_VIEW_TEMPERATURES = 3   # the "strong" instance sum reads the strong view at the first three
 
 
+def paper_masking(mask: Tensor, class_mask: Tensor):
+    """The paper's reading: ``(sample weights [B], class columns kept [C], class-term scale)``; the
+    masks select samples and class columns."""
+    return mask, class_mask, 1.0
+
+
+def reference_masking(mask: Tensor, class_mask: Tensor):
+    """The authors' code: each mask only scales its term by its kept fraction (0-dim tensors, no
+    host read): every sample weighted ``mean(mask)``, no class column dropped, the class term times
+    ``mean(class_mask)``."""
+    return mask.mean(), None, class_mask.to(mask.dtype).mean()
+
+
+MASKINGS = {"paper": paper_masking, "reference": reference_masking}
+
+
 def mlkd_terms(s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tensor,
-               temperatures: Sequence[float], logit_stand: bool = False) -> Dict[str, Tensor]:
+               temperatures: Sequence[float], logit_stand: bool = False,
+               masking: str = "paper") -> Dict[str, Tensor]:
     """MLKD's three levels, each per sample ``[B]`` and summed over the temperatures (see the
-    module docstring for the views, masks and choices): ``instance``, ``batch``, ``class``."""
+    module docstring for the views, masks and choices): ``instance``, ``batch``, ``class``.
+    ``masking``: how the confidence masks act, ``"paper"`` or ``"reference"`` (``MASKINGS``)."""
     mask = confidence_mask(t_weak).to(as_float(s_weak).dtype)
-    cmask = class_confidence_mask(t_weak)
+    sample_weight, class_columns, class_scale = MASKINGS[masking](mask, class_confidence_mask(t_weak))
     B = s_weak.shape[0]
     ins = bc = cc = 0
     for k, T in enumerate(temperatures):
         # the authors' "strong" instance sum: strong view at T0, 3, 5; weak view (unmasked) at 2, 6
         s_v, t_v = (s_strong, t_strong) if k < STRONG_VIEW_TEMPERATURES else (s_weak, t_weak)
-        ins = ins + mask * kd_loss(s_weak, t_weak, T, logit_stand) + kd_loss(s_v, t_v, T, logit_stand)
-        bc = bc + mask * batch_correlation_loss(s_weak, t_weak, T)
-        cc = cc + class_correlation_loss(s_weak, t_weak, T, cmask)
+        ins = ins + sample_weight * kd_loss(s_weak, t_weak, T, logit_stand) + kd_loss(s_v, t_v, T, logit_stand)
+        bc = bc + sample_weight * batch_correlation_loss(s_weak, t_weak, T)
+        cc = cc + class_scale * class_correlation_loss(s_weak, t_weak, T, class_columns)
     return {"instance": ins, "batch": bc, "class": cc.expand(B)}
 
 
 def mlkd_loss(s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tensor, T: float = 4.0,
-              logit_stand: bool = False) -> Tensor:
+              logit_stand: bool = False, masking: str = "paper") -> Tensor:
     """Per-sample MLKD loss ``[B]`` (instance + batch + class levels at temperatures T, 3, 5, 2, 6);
     the batch mean is the loss (unweighted: the reference's KD weight is ``-a``)."""
-    terms = mlkd_terms(s_weak, t_weak, s_strong, t_strong, mlkd_temperatures(T), logit_stand)
+    terms = mlkd_terms(s_weak, t_weak, s_strong, t_strong, mlkd_temperatures(T), logit_stand, masking)
     return terms["instance"] + terms["batch"] + terms["class"]
 
 
@@ -138,6 +170,13 @@ def mlkd_loss(s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tensor
 class MLKD(Distiller):
     kind = "logit"
     views = ("strong",)
+
+    @classmethod
+    def add_arguments(cls, parser):
+        add_argument_once(parser, "--mlkd_mask", type=str, default="paper", choices=tuple(MASKINGS),
+                          help="MLKD confidence masks: select samples and class columns (paper, default) or "
+                               "scale each masked term by its kept fraction (reference: the authors' code, "
+                               "behind the published numbers)")
 
     @classmethod
     def configure(cls, opts, given):
@@ -152,6 +191,7 @@ class MLKD(Distiller):
         super().__init__(ctx)
         self.logit_stand = bool(ctx.opt.logit_stand)
         self.temperatures = mlkd_temperatures(kd_temperature(ctx.opt))
+        self.masking = ctx.opt.mlkd_mask
 
     def forward(self, s, t, batch):
         if not batch.view_outputs:
@@ -160,7 +200,7 @@ class MLKD(Distiller):
         s_strong, t_strongs = batch.view_outputs[0]
         t_strong = t_strongs[self.teacher_index]
         terms = mlkd_terms(s.logits, t.logits, s_strong.logits, t_strong.logits, self.temperatures,
-                           self.logit_stand)
+                           self.logit_stand, self.masking)
         loss = terms["instance"] + terms["batch"] + terms["class"]
         metrics = {name: value.detach().mean() for name, value in terms.items()}
         return TeacherLoss(loss, anchor=s.logits, metrics=metrics)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .argtypes import non_negative_float
 from .base import Distiller, TeacherLoss, add_argument_once
 from .connectors import full_precision, no_autocast
 from .registry import register_distiller
@@ -68,9 +69,9 @@ class RKD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--rkd_dist_weight", type=float, default=25.0,
+        add_argument_once(parser, "--rkd_dist_weight", type=non_negative_float, default=25.0,
                           help="RKD: weight of the distance loss inside rkd (25)")
-        add_argument_once(parser, "--rkd_angle_weight", type=float, default=50.0,
+        add_argument_once(parser, "--rkd_angle_weight", type=non_negative_float, default=50.0,
                           help="RKD: weight of the angle loss inside rkd (50)")
 
     def __init__(self, ctx):

@@ -41,14 +41,20 @@ def non_negative_float(text) -> float:
 
 
 def unit_interval_float(text) -> float:
-    """A number in [0, 1) (SGD momentum)."""
+    """A number in [0, 1) (a momentum: SGD's, CRD's memory banks')."""
     value = _number(text, float)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return value
 
 
+def integer(text) -> int:
+    """Any integer (an index that may count from the end, e.g. ``--hint_layer -2``)."""
+    return _number(text, int)
+
+
 def positive_int(text) -> int:
+    """An integer >= 1 (a count or a dimension)."""
     value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
@@ -56,6 +62,7 @@ def positive_int(text) -> int:
 
 
 def non_negative_int(text) -> int:
+    """An integer >= 0."""
     value = _number(text, int)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")

@@ -167,6 +167,9 @@ class EnsembleStrategy:
     min_teachers: int = 1
     capturable: bool = True                  # see Distiller.capturable
     not_capturable_because: str = ""
+    # True for a strategy whose weights are computed on the host from device results (AEKD
+    # --aekd_solver libsvm): every step synchronises, by design, so tests/sync_guard does not apply
+    host_sync: bool = False
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from distiller_zoo.argtypes import non_negative_float, positive_float
 from distiller_zoo.routing import MODES, SpotRouter, distiller_rows, plan_spots
 from distiller_zoo.routing.router import FAVOUR_BIAS
 
@@ -52,27 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--spot_mode", type=str, default="adaptive", choices=MODES,
                    help="adaptive (the policy), all (always distil), random (uniform decisions), "
                         "anti (the reverse of the policy)")
-    g.add_argument("--policy_tau", type=float, default=5.0, help="Gumbel-softmax temperature of the policy (5)")
-    g.add_argument("--policy_lr_ratio", type=float, default=0.5,
+    g.add_argument("--policy_tau", type=positive_float, default=5.0, help="Gumbel-softmax temperature of the policy (5)")
+    g.add_argument("--policy_lr_ratio", type=positive_float, default=0.5,
                    help="policy and adapter learning rate = the student's scheduled rate times this (0.5)")
-    g.add_argument("--policy_weight_decay", type=float, default=1e-3, help="weight decay of the policy optimiser")
-    g.add_argument("--classify_weight", type=float, default=1.0,
+    g.add_argument("--policy_weight_decay", type=non_negative_float, default=1e-3, help="weight decay of the policy optimiser")
+    g.add_argument("--classify_weight", type=positive_float, default=1.0,
                    help="policy loss: the graft CE is multiplied by this when above the student's CE and "
                         "divided by it when below (the reference's configs: 2 for AT, RKD, VID; 1 otherwise)")
     g.add_argument("--policy_homo", type=str, default="auto", choices=("auto", "yes", "no"),
                    help="start the policy distilling everywhere (+10 bias) from: teachers of the student's "
                         "family with its feature shapes (auto), every teacher (yes), none (no)")
-
-
-def validate(parser, args):
-    """One-line errors for bad spot-adaptive flags (only when --spot_adaptive is on)."""
-    if not args.spot_adaptive:
-        return
-    for flag in ("policy_tau", "classify_weight"):
-        if not getattr(args, flag) > 0:
-            parser.error(f"--{flag} must be positive, got {getattr(args, flag)}")
-    if args.policy_lr_ratio < 0 or args.policy_weight_decay < 0:
-        parser.error("--policy_lr_ratio and --policy_weight_decay must be non-negative")
 
 
 def same_family(student, teacher, student_shapes=None, teacher_shapes=None) -> bool:

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 from distiller_zoo.registry import ENSEMBLES
 from models import get_model_cfg, imagenet_model_dict, model_dict
 
-from . import distributed, spot_adaptive
+from . import distributed
 from .config import RunConfig
 from .distributed import DistContext
 from .execution import backend_description
@@ -94,7 +94,6 @@ def resolve(parser, ns, stand_values: Optional[Sequence[bool]] = None,
     imagenet = ns.dataset == "imagenet"
     common = resolve_common(parser, ns, default_lr=get_model_cfg(ns.model_s, imagenet).default_lr)
     teacher_num = teacher_count(parser, ns)
-    spot_adaptive.validate(parser, ns)
     try:
         choices = student_choices(ns.distill, ns.ensemble_method, ns.logit_stand, stand_values)
         per_rank = distributed.rank_settings(ctx, common["device"], ns.batch_size)

@@ -2,7 +2,8 @@
 
 - ``read_state_dict(path) -> (state_dict, meta)``: a weights-only ``torch.load`` of
   ``{'model': state_dict, 'epoch': ..., 'best_acc': ..., ...}`` (also ``'state_dict'``), or of a
-  bare state_dict; ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (``torch.compile``) prefixes
+  bare state_dict (besides tensors it rebuilds only argparse options and numpy scalars:
+  ``_safe_extras``); ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (``torch.compile``) prefixes
   are stripped; ``meta`` holds the other top-level entries that are plain values.
 - ``infer_arch(path, meta)``: ``meta['arch']``, else the architecture in RepDistiller-style file
   and folder names (``resnet32x4_best.pth``, ``resnet32x4_cifar100_lr_0.05_.../ckpt_epoch_240.pth``,
@@ -98,6 +99,22 @@ def _strip_prefixes(sd: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, t
     return sd
 
 
+def _safe_extras():
+    """What a weights-only load may rebuild besides tensors and plain values: the argparse options
+    scripts save next to the weights, and numpy scalars (older RepDistiller-era checkpoints, e.g.
+    the teachers mdistiller publishes, keep their accuracy as one): numpy's scalar constructor,
+    under its numpy 1 and numpy 2 names, with the numeric dtypes it reads. None of them runs code."""
+    import numpy as np
+    scalar = np.float64(0).__reduce__()[0]
+    extras = [argparse.Namespace, np.dtype, scalar] + [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFD"]
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if (major, minor) >= (2, 6):                 # (object, pickled name) pairs: torch 2.6 and later
+        for name in ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"):
+            if name != f"{scalar.__module__}.{scalar.__name__}":
+                extras.append((scalar, name))
+    return extras
+
+
 def read_state_dict(path) -> Tuple["OrderedDict[str, torch.Tensor]", Dict[str, object]]:
     """``(state_dict, meta)`` of a checkpoint file; see the module docstring."""
     path = Path(path)
@@ -107,8 +124,7 @@ def read_state_dict(path) -> Tuple["OrderedDict[str, torch.Tensor]", Dict[str, o
         raise _fail(path, "is a directory, not a checkpoint file")
     try:
         if hasattr(torch.serialization, "safe_globals"):
-            # scripts often save their argparse options next to the weights; that is harmless
-            with torch.serialization.safe_globals([argparse.Namespace]):
+            with torch.serialization.safe_globals(_safe_extras()):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)

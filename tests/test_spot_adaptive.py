@@ -437,8 +437,8 @@ def test_policy_and_adapters_are_saved_and_restored_strictly():
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--spot_adaptive", "--policy_tau", "0"], "--policy_tau must be positive"),
-    (["--spot_adaptive", "--classify_weight", "-1"], "--classify_weight must be positive"),
+    (["--spot_adaptive", "--policy_tau", "0"], "argument --policy_tau: expected a finite number > 0"),
+    (["--spot_adaptive", "--classify_weight", "-1"], "argument --classify_weight: expected a finite number > 0"),
     (["--spot_adaptive", "--spot_mode", "sometimes"], "--spot_mode"),
 ])
 def test_bad_spot_flags_are_one_line_errors(argv, needle, capsys):

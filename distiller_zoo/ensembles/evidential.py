@@ -68,6 +68,7 @@ from typing import List, Optional
 
 import torch
 
+from ..argtypes import finite_float, positive_float
 from ..base import EnsembleStrategy, NetOutput, add_argument_once
 from ..registry import register_ensemble
 
@@ -176,11 +177,11 @@ class Evidential(EnsembleStrategy):
         add_argument_once(parser, "--evidential_mode", type=str, default="pool", choices=("pool", "weight"),
                           help="EVIDENTIAL: distil one pooled Dirichlet (pool) or weight each teacher's loss "
                                "per sample by its certainty (weight)")
-        add_argument_once(parser, "--evidential_prior", type=float, default=EVIDENTIAL_PRIOR,
+        add_argument_once(parser, "--evidential_prior", type=finite_float, default=EVIDENTIAL_PRIOR,
                           help="EVIDENTIAL: log of the Dirichlet prior c per class (EKD's -1.22)")
-        add_argument_once(parser, "--evidential_T", type=float, default=1.0,
+        add_argument_once(parser, "--evidential_T", type=positive_float, default=1.0,
                           help="EVIDENTIAL: evidence temperature, e = exp(z / T)")
-        add_argument_once(parser, "--evidential_tau", type=float, default=0.05,
+        add_argument_once(parser, "--evidential_tau", type=positive_float, default=0.05,
                           help="EVIDENTIAL: sharpness of the certainty weights softmax_m(-u_m / tau)")
         add_argument_once(parser, "--evidential_pool", type=str, default="mean", choices=("mean", "sum"),
                           help="EVIDENTIAL: pooled evidence is the teachers' mean (one teacher's scale) or sum")
