@@ -16,6 +16,7 @@ import torch
 
 from .base import DataOptions, DataSpec, TensorData, check_img_size, dataset_names, get_entry, \
     get_spec, make_options, stratified_holdout
+from .decode import byte_size
 from .loader import BaseLoader, DeviceLoader
 
 
@@ -127,7 +128,7 @@ def resident_note(data: TensorData, device) -> str:
     size = data.train_images.numel() + data.test_images.numel()
     return (f"data: {s.name}, {len(data.train_labels)} train / {len(data.test_labels)} test images "
             f"{s.channels}x{s.image_size}x{s.image_size}, {s.num_classes} classes, held on {device} as uint8 "
-            f"({size / 1e9:.2f} GB)")
+            f"({byte_size(size)})")
 
 
 def options_from_args(args: argparse.Namespace) -> DataOptions:

@@ -105,5 +105,6 @@ def probe_all(samples: Sequence[Tuple[str, int]], threads: int = 1) -> None:
             pass
 
 
-def gigabytes(num_bytes: int) -> str:
-    return f"{num_bytes / 1e9:.2f} GB"
+def byte_size(num_bytes: int) -> str:
+    """``12.3 MB`` below 100 MB, else ``1.23 GB``."""
+    return f"{num_bytes / 1e6:.1f} MB" if num_bytes < 10 ** 8 else f"{num_bytes / 1e9:.2f} GB"

@@ -81,12 +81,12 @@ def scan_layout(root: Path, *, what: str, splits: Sequence[str] = ("train", "val
     """Check and list ``<root>/train/<class>/*`` and ``<root>/val/<class>/*`` (``what`` names the
     data set in messages)."""
     if not root.is_dir():
-        raise DataError(f"--data_folder {root} not found; expected {what} folders {root}/train/<class>/ "
-                        f"and {root}/val/<class>/ (val/ is the test split)")
+        raise DataError(f"--data_folder {root} not found; expected {root}/train/<class>/<image> and "
+                        f"{root}/val/<class>/<image> for {what} (val/ is the test split)")
     for d in splits:
         if not (root / d).is_dir():
-            raise DataError(f"{what} folder {root / d} not found; expected <--data_folder>/{d}/<class>/<image>"
-                            f" (val/ is the test split)")
+            raise DataError(f"{root / d} not found; expected <--data_folder>/{d}/<class>/<image> for {what} "
+                            f"(val/ is the test split)")
     train_dir, test_dir = (root / d for d in splits)
     (classes, train), (test_classes, test) = scan_split(train_dir), scan_split(test_dir)
     if test_classes != classes:

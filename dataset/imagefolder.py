@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from .base import DataOptions, DataSpec, TensorData, data_folder, register_dataset
-from .decode import decode_square, decode_threads, gigabytes, pillow, probe, probe_all
+from .decode import byte_size, decode_square, decode_threads, pillow, probe, probe_all
 from .folders import FolderLayout, scan_layout
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, streaming_note
 from .streaming import StreamingData
@@ -97,7 +97,7 @@ def pixel_stats(images: Tensor, chunk: int = 256) -> Tuple[Tuple[float, ...], Tu
 
 def _plan(options: DataOptions) -> Tuple[FolderLayout, int, str]:
     """The checked layout, the image size, and how ``S`` was chosen (for the note)."""
-    layout = scan_layout(Path(data_folder(options)), what="image folder")
+    layout = scan_layout(Path(data_folder(options)), what="--dataset imagefolder")
     if options.img_size is not None:
         return layout, options.img_size, f"--img_size {options.img_size}"
     pillow()
@@ -118,9 +118,10 @@ def load_imagefolder(options: DataOptions, *, probe_files: bool = True):
     if not is_resident(total, size):
         if probe_files:
             probe_all(layout.train + layout.test, threads)
+        limit = f"{RESIDENT_MAX_BYTES / 2 ** 30:.0f} GiB"
         why = (f"images of {size} px are above the {RESIDENT_MAX_SIZE} px of the device-resident path"
                if size > RESIDENT_MAX_SIZE else
-               f"{gigabytes(need)} decoded would exceed the {RESIDENT_MAX_BYTES / 2 ** 30:.0f} GiB device-resident limit")
+               f"{byte_size(need)} decoded would exceed the {limit} device-resident limit")
         spec = DataSpec("imagefolder", len(layout.classes), size, 3, IMAGENET_MEAN, IMAGENET_STD,
                         len(layout.train), len(layout.test))
         note = streaming_note("imagefolder", layout, size, f"{why}; image size {size_why}",
@@ -135,7 +136,7 @@ def load_imagefolder(options: DataOptions, *, probe_files: bool = True):
               for split in (layout.train, layout.test)]
     note = (f"data: imagefolder {layout.root}: {len(layout.classes)} classes, {len(layout.train)} train / "
             f"{len(layout.test)} test images at {size}x{size} (image size {size_why}), decoded once and held "
-            f"on the training device as uint8 ({gigabytes(need)}, within the device-resident limit of "
+            f"on the training device as uint8 ({byte_size(need)}, within the device-resident limit of "
             f"{RESIDENT_MAX_BYTES / 2 ** 30:.0f} GiB for images up to {RESIDENT_MAX_SIZE} px); "
             f"mean {mean} / std {std} of the training images")
     return TensorData(spec, xtr, labels[0], xte, labels[1], layout.classes, note)

@@ -39,7 +39,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from .base import DataError, DataOptions, DataSpec, TensorData, data_folder, register_dataset
-from .decode import IMG_EXTENSIONS, decode_square, decode_threads, gigabytes, is_image_name, pillow
+from .decode import IMG_EXTENSIONS, byte_size, decode_square, decode_threads, is_image_name, pillow
 from .download import ensure_extracted
 from .folders import Sample
 
@@ -175,5 +175,5 @@ def build_tinyimagenet(options: DataOptions) -> TensorData:
     yte = torch.tensor([label for _, label in test], dtype=torch.int64)
     note = (f"data: tinyimagenet {root}: {len(classes)} classes, {len(train)} train / {len(test)} test images "
             f"at {size}x{size}, decoded once and held on the training device as uint8 "
-            f"({gigabytes(xtr.numel() + xte.numel())}); 4-pixel padded random crop + flip; Tiny-ImageNet mean/std")
+            f"({byte_size(xtr.numel() + xte.numel())}); 4-pixel padded random crop + flip; Tiny-ImageNet mean/std")
     return TensorData(spec, xtr, ytr, xte, yte, classes, note)

@@ -141,7 +141,7 @@ def test_a_folder_too_large_to_hold_streams(tmp_path, monkeypatch):
     monkeypatch.setattr(imf, "RESIDENT_MAX_BYTES", 7 * 3 * 16 * 16 - 1)     # one byte short of the 7 images
     loaders = build(tmp_path)
     assert isinstance(loaders.train, StreamingLoader)
-    assert "0.00 GB decoded would exceed the" in loaders.note and "16 px: the most common" in loaders.note
+    assert "0.0 MB decoded would exceed the" in loaders.note and "16 px: the most common" in loaders.note
     monkeypatch.setattr(imf, "RESIDENT_MAX_BYTES", 7 * 3 * 16 * 16)
     assert isinstance(build(tmp_path).train, DeviceLoader)
 
@@ -174,8 +174,9 @@ def test_unreadable_and_truncated_images_are_named(tmp_path):
     ("classes_differ", r"val and .*train must have the same class folders; they differ in 2 "
                        r"\(only in train/: emu; only in val/: fox\)"),
     ("flat", r"train holds image files next to its class folders \(x\.png\); expected only one folder per class"),
-    ("no_val", r"image folder .*/val not found; expected <--data_folder>/val/<class>/<image> \(val/ is the test split\)"),
-    ("no_folder", r"--data_folder .*/nowhere not found; expected image folder folders .*/train/<class>/"),
+    ("no_val", r"d/val not found; expected <--data_folder>/val/<class>/<image> for --dataset imagefolder "
+               r"\(val/ is the test split\)"),
+    ("no_folder", r"--data_folder .*/nowhere not found; expected .*/nowhere/train/<class>/<image> and "),
     ("no_classes", r"train has no class folders; expected .*train/<class>/<image>"),
 ])
 def test_layout_errors_are_one_line(tmp_path, defect, pattern):

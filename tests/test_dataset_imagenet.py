@@ -125,7 +125,7 @@ def test_missing_folders(tmp_path):
     with pytest.raises(DataError, match=f"--data_folder {tmp_path / 'x'} not found"):
         loaders(tmp_path / "x")
     (tmp_path / "train" / "a").mkdir(parents=True)
-    with pytest.raises(DataError, match=f"ImageNet folder {tmp_path / 'val'} not found.*val/ is the test split"):
+    with pytest.raises(DataError, match=f"{tmp_path / 'val'} not found; expected <--data_folder>/val/<class>/<image> for ImageNet"):
         loaders(tmp_path)
 
 
