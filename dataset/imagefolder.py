@@ -40,7 +40,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .base import DataOptions, DataSpec, TensorData, data_folder, register_dataset
+from .base import DataError, DataOptions, DataSpec, TensorData, data_folder, register_dataset
 from .decode import byte_size, decode_square, decode_threads, pillow, probe, probe_all
 from .folders import FolderLayout, scan_layout
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, streaming_note
@@ -107,19 +107,27 @@ def _plan(options: DataOptions) -> Tuple[FolderLayout, int, str]:
                          + (f", capped at {MAX_DEFAULT_SIZE}" if size == MAX_DEFAULT_SIZE else "")
 
 
-def load_imagefolder(options: DataOptions, *, probe_files: bool = True):
+PIPELINES = ("auto", "resident", "streaming")
+
+
+def load_imagefolder(options: DataOptions, *, probe_files: bool = True, pipeline: str = "auto"):
     """The folder as ``TensorData`` (device-resident) or ``StreamingData``, by the rule above.
-    ``probe_files=False`` skips reading every header of a streamed folder (for its spec alone)."""
+    ``probe_files=False`` skips reading every header of a streamed folder (for its spec alone);
+    ``pipeline`` 'resident' or 'streaming' overrides the rule (benchmarks compare both on one folder)."""
+    if pipeline not in PIPELINES:
+        raise DataError(f"pipeline {pipeline!r}: expected one of {', '.join(PIPELINES)}")
     pillow()
     layout, size, size_why = _plan(options)
     total = len(layout.train) + len(layout.test)
     need = decoded_bytes(total, size)
     threads = decode_threads(options.num_workers)
-    if not is_resident(total, size):
+    resident = is_resident(total, size) if pipeline == "auto" else pipeline == "resident"
+    if not resident:
         if probe_files:
             probe_all(layout.train + layout.test, threads)
         limit = f"{RESIDENT_MAX_BYTES / 2 ** 30:.0f} GiB"
-        why = (f"images of {size} px are above the {RESIDENT_MAX_SIZE} px of the device-resident path"
+        why = ("streaming asked for" if pipeline == "streaming" else
+               f"images of {size} px are above the {RESIDENT_MAX_SIZE} px of the device-resident path"
                if size > RESIDENT_MAX_SIZE else
                f"{byte_size(need)} decoded would exceed the {limit} device-resident limit")
         spec = DataSpec("imagefolder", len(layout.classes), size, 3, IMAGENET_MEAN, IMAGENET_STD,
@@ -134,10 +142,12 @@ def load_imagefolder(options: DataOptions, *, probe_files: bool = True):
                     len(layout.test))
     labels = [torch.tensor([label for _, label in split], dtype=torch.int64)
               for split in (layout.train, layout.test)]
+    why = "device-resident asked for" if pipeline == "resident" else \
+        f"within the device-resident limit of {RESIDENT_MAX_BYTES / 2 ** 30:.0f} GiB for images up to " \
+        f"{RESIDENT_MAX_SIZE} px"
     note = (f"data: imagefolder {layout.root}: {len(layout.classes)} classes, {len(layout.train)} train / "
             f"{len(layout.test)} test images at {size}x{size} (image size {size_why}), decoded once and held "
-            f"on the training device as uint8 ({byte_size(need)}, within the device-resident limit of "
-            f"{RESIDENT_MAX_BYTES / 2 ** 30:.0f} GiB for images up to {RESIDENT_MAX_SIZE} px); "
+            f"on the training device as uint8 ({byte_size(need)}, {why}); 4-pixel padded random crop + flip; "
             f"mean {mean} / std {std} of the training images")
     return TensorData(spec, xtr, labels[0], xte, labels[1], layout.classes, note)
 

@@ -95,3 +95,11 @@ def test_decode_square_keeps_order_and_does_not_depend_on_threads(tmp_path):
     bad.write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError, match="bad.png"):
         decode_square(samples + [(str(bad), 0)], 16, threads=2)
+
+
+def test_no_module_of_dataset_imports_torchvision():
+    from pathlib import Path
+    import dataset
+    for path in Path(dataset.__file__).parent.rglob("*.py"):
+        text = path.read_text()
+        assert "import torchvision" not in text and "from torchvision" not in text, path
