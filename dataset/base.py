@@ -3,10 +3,10 @@
 
 A data set is a builder ``fn(options: DataOptions) -> source`` registered under a ``--dataset``
 name together with a spec function, so that ``get_spec`` can answer "how many classes, what
-mean/std" without reading (or downloading) a single file. A builder returns either a
-``TensorData`` (the whole data set as uint8 tensors: CIFAR-sized data, kept on the training
-device and augmented there) or another source type that ``dataset.build`` knows how to serve (the
-ImageNet folder pipeline).
+mean/std" without loading (or downloading) the data where it can. A builder returns either a
+``TensorData`` (the whole data set as uint8 tensors, kept on the training device and augmented
+there: CIFAR, digits, synthetic, tinyimagenet, a small imagefolder) or another source with a
+``make_loaders`` method (``dataset.streaming.StreamingData``: image files decoded by workers).
 """
 from __future__ import annotations
 
