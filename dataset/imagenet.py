@@ -37,10 +37,12 @@ def imagenet_layout(options: DataOptions) -> FolderLayout:
 
 def streaming_note(name: str, layout: FolderLayout, size: int, how: str, stats: str, workers: int) -> str:
     """The one line a run prints about a streamed image folder."""
+    who = f"{workers} decoding worker{'' if workers == 1 else 's'}" if workers else \
+        "the training process (--num_workers 0)"
     return (f"data: {name} {layout.root}: {len(layout.classes)} classes, {len(layout.train)} train / "
-            f"{len(layout.test)} test images, streamed from the files by {workers or 'no'} decoding worker"
-            f"{'' if workers == 1 else 's'} ({how}; RandomResizedCrop {size} + flip, evaluation Resize "
-            f"{eval_resize_size(size)} + CenterCrop {size}); {stats}")
+            f"{len(layout.test)} test images, streamed from the files, decoded by {who} ({how}; "
+            f"RandomResizedCrop {size} + flip, evaluation Resize {eval_resize_size(size)} + CenterCrop {size}); "
+            f"{stats}")
 
 
 def imagenet_spec_of(layout: FolderLayout, options: DataOptions) -> DataSpec:

@@ -45,7 +45,8 @@ def test_loader_contract_on_decoded_files(tmp_path):
     assert (train.num_samples, val.num_samples, test.num_samples) == (9, 3, 5)
     assert len(train) == 2 and len(test) == 1
     assert not set(train.source_indices.tolist()) & set(val.source_indices.tolist())
-    assert "streamed from the files by no decoding workers" in built.note
+    assert "streamed from the files, decoded by the training process (--num_workers 0)" in built.note
+    assert "\n" not in built.note
     assert "RandomResizedCrop 16 + flip, evaluation Resize 18 + CenterCrop 16" in built.note
     train.set_epoch(4)
     first = list(train)
@@ -77,6 +78,28 @@ def test_augmentation_is_seeded_per_sample_and_independent_of_workers(tmp_path):
     for (x0, y0), (x2, y2) in zip(e1_w0 + e2_w0, e1_w2 + e2_w2):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
     assert not torch.equal(e1_w0[0][0], e2_w0[0][0])                   # another epoch, other crops
+
+
+def test_each_sample_draws_from_its_own_seed_of_the_epoch(tmp_path):
+    """The documented rule: the k-th sample of the epoch's order gets the k-th number drawn from the
+    loader's (seed, epoch, rank) generator as the seed of its own generator."""
+    from dataset.decode import decode
+    from dataset.transforms import standard_view
+    class_folders(tmp_path, {"a": (4, 1), "b": (3, 1)}, size=(30, 40), marked=False)
+    train = loaders(tmp_path, batch_size=3, seed=5, with_index=True).train
+    files = sorted((tmp_path / "train").glob("*/*.png"))
+    seen = {}
+    for epoch in (1, 2):
+        train.set_epoch(epoch)
+        order = train.positions()
+        seeds = torch.randint(0, 2 ** 62, (len(order),), generator=train.augment_generator()).tolist()
+        got = torch.cat([pixels(x) for x, _, _ in train])
+        assert torch.cat([i for _, _, i in train]).tolist() == order.tolist()
+        for k, (pos, s) in enumerate(zip(order.tolist(), seeds)):
+            expected = standard_view(decode(files[pos]), 16, torch.Generator().manual_seed(s))
+            assert (got[k] - expected.long()).abs().max() <= 1          # float normalisation round trip
+            seen.setdefault(pos, []).append(got[k])
+    assert any(not torch.equal(a, b) for a, b in seen.values())        # a sample's crop changes with the epoch
 
 
 def test_workers_leave_the_global_random_state_alone(tmp_path):
