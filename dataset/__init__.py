@@ -2,15 +2,17 @@
 
 Every data set reports a ``DataSpec``; ``build_loaders`` / ``loaders_from_args`` return loaders
 whose batches are already normalised and on the training device (see ``dataset.loader`` for the
-contract). CIFAR-sized data (cifar100, cifar10, digits, synthetic) stays on the device as uint8 and
-is augmented there in batches (``dataset.augment``); ImageNet folders use decoding workers
-(``dataset.imagenet``, needs the ``[vision]`` extra).
+contract). Small data (cifar100, cifar10, digits, synthetic, tinyimagenet, a small imagefolder)
+stays on the device as uint8 and is augmented there in batches (``dataset.augment``); large image
+folders (imagenet, a large imagefolder) stream through decoding workers (``dataset.streaming``).
+Image files are decoded by Pillow (``dataset.decode``, the ``[vision]`` extra) and transformed with
+torch (``dataset.transforms``); torchvision is never needed.
 """
 from .base import (DATASETS, DataError, DataOptions, DataSpec, TensorData, dataset_names, get_spec,
                    make_options, register_dataset, stratified_holdout)
 from .augment import AUGMENTATIONS, augmentation_names, get_augmentation, register_augmentation
 from .loader import BaseLoader, DeviceLoader
-from . import cifar, digits, synthetic, imagenet  # noqa: F401  (register their data sets)
+from . import cifar, digits, synthetic, imagenet, imagefolder, tinyimagenet  # noqa: F401  (register)
 from .build import (Loaders, add_data_arguments, build_loaders, loaders_from_args,
                     options_from_args, spec_from_args)
 

@@ -3,10 +3,10 @@
 
 A data set is a builder ``fn(options: DataOptions) -> source`` registered under a ``--dataset``
 name together with a spec function, so that ``get_spec`` can answer "how many classes, what
-mean/std" without reading (or downloading) a single file. A builder returns either a
-``TensorData`` (the whole data set as uint8 tensors: CIFAR-sized data, kept on the training
-device and augmented there) or another source type that ``dataset.build`` knows how to serve (the
-ImageNet folder pipeline).
+mean/std" without loading (or downloading) the data where it can. A builder returns either a
+``TensorData`` (the whole data set as uint8 tensors, kept on the training device and augmented
+there: CIFAR, digits, synthetic, tinyimagenet, a small imagefolder) or another source with a
+``make_loaders`` method (``dataset.streaming.StreamingData``: image files decoded by workers).
 """
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ class DataOptions:
     num_workers: int = 8
     drop_last: bool = False
     verify: bool = True
+    img_size: Optional[int] = None
     url: Optional[str] = None
     md5: Optional[str] = None
 
@@ -87,6 +88,7 @@ class TensorData:
     test_images: Tensor
     test_labels: Tensor
     class_names: Tuple[str, ...] = ()
+    note: str = ""          # the one line a run prints about this data (empty: a generic line)
 
     def __post_init__(self):
         for split in ("train", "test"):
@@ -112,23 +114,28 @@ class DatasetEntry:
     build: Callable[[DataOptions], object]
     spec: SpecFn
     description: str = ""
+    img_size: bool = False      # whether --img_size applies (else the data set has a fixed size)
 
 
 DATASETS: Dict[str, DatasetEntry] = {}
 
 
-def register_dataset(name: str, *, spec: Union[DataSpec, SpecFn], description: str = ""):
+def register_dataset(name: str, *, spec: Union[DataSpec, SpecFn], description: str = "",
+                     img_size: bool = False):
     """Register ``build(options) -> TensorData | other source`` under ``--dataset name``.
 
     ``spec`` is the data set's ``DataSpec`` or a function of the options returning it (for data
-    sets whose class count depends on flags or on a folder); it must not need the data itself.
+    sets whose class count depends on flags or on a folder); it should not need the data itself
+    (an image folder held on the device computes its mean/std from its pixels, so its spec decodes
+    it). ``img_size``: the data set honours ``--img_size`` (``options.img_size``); for the others
+    an ``--img_size`` other than their own size is an error.
     Adding a data set is this one decorator: ``--dataset`` choices are read from the registry."""
     def wrap(fn):
         if name in DATASETS:
             raise ValueError(f"data set {name!r} is registered twice")
         spec_fn = spec if callable(spec) else (lambda options, _s=spec: _s)
         DATASETS[name] = DatasetEntry(name, fn, spec_fn, description or (fn.__doc__ or "").strip()
-                                      .split("\n")[0])
+                                      .split("\n")[0], img_size)
         return fn
     return wrap
 
@@ -145,12 +152,34 @@ def get_entry(name: str) -> DatasetEntry:
 
 
 def get_spec(name: str, options: Optional[DataOptions] = None, **overrides) -> DataSpec:
-    """The ``DataSpec`` of data set ``name`` without loading it (cheap: no file is read, except
-    that the ImageNet folder spec counts its class folders and files).
+    """The ``DataSpec`` of data set ``name``, as far as possible without loading it: no file is
+    read for CIFAR, digits and synthetic data; the folder data sets list their files (and
+    ``imagefolder`` reads image headers, and decodes a folder it would hold on the device, whose
+    mean/std come from its pixels).
 
     Note that for CIFAR this is the official spec (50,000/10,000 images); a loaded data set (e.g.
     ``Loaders.spec``) reports what it actually read."""
-    return get_entry(name).spec(make_options(options, **overrides))
+    entry = get_entry(name)
+    options = make_options(options, **overrides)
+    check_img_size(entry, options)
+    return entry.spec(options)
+
+
+def check_img_size(entry: DatasetEntry, options: DataOptions) -> None:
+    """``--img_size`` must be a positive integer, and equal the fixed size of a data set that
+    does not honour it."""
+    size = options.img_size
+    if size is None:
+        return
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise DataError(f"--img_size must be an integer >= 1, got {size!r}")
+    if not entry.img_size:
+        native = entry.spec(make_options(options, img_size=None)).image_size
+        if size != native:
+            takers = ", ".join(n for n in dataset_names() if DATASETS[n].img_size)
+            raise DataError(f"--img_size {size}: --dataset {entry.name} has a fixed image size ({native} px)"
+                            f"; --img_size applies to {takers}"
+                            + (" (synthetic data: --synthetic_size)" if entry.name == "synthetic" else ""))
 
 
 def make_options(options: Optional[DataOptions] = None, **overrides) -> DataOptions:

@@ -14,45 +14,67 @@ from typing import Optional, Sequence
 
 import torch
 
-from .base import DataOptions, DataSpec, TensorData, dataset_names, get_entry, get_spec, \
-    make_options, stratified_holdout
+from .base import DataOptions, DataSpec, TensorData, check_img_size, dataset_names, get_entry, \
+    get_spec, make_options, stratified_holdout
+from .decode import byte_size
 from .loader import BaseLoader, DeviceLoader
 
 
 @dataclass
 class Loaders:
+    """The loaders of a run, the data's spec, and ``note``: one line saying what was read and how
+    it is served (e.g. an image folder's device-resident or streaming pipeline), for the script to
+    print."""
     train: BaseLoader
     test: BaseLoader
     val: Optional[BaseLoader]
     spec: DataSpec
+    note: str = ""
+
+
+# The DataOptions fields that are command-line flags (add_data_arguments defines exactly these;
+# tests/test_dataset_build.py checks it). url, md5 and the data seeds are for programs only.
+FLAG_OPTIONS = ("data_folder", "download", "verify", "synthetic_train", "synthetic_test",
+                "synthetic_classes", "synthetic_size", "val_split", "num_workers", "drop_last",
+                "img_size")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the data flags (choices of ``--dataset`` come from the registry)."""
+    """Add the data flags (choices of ``--dataset`` come from the registry). Numbers use the
+    project's argparse types, so a bad value is argparse's one-line error naming the flag."""
+    # imported here, not at the top: ``import dataset`` (the ground floor) must not pull in every
+    # loss; only the scripts, which have distiller_zoo loaded anyway, build this parser
+    from distiller_zoo.argtypes import non_negative_int, positive_int
     d = DataOptions()
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="cifar100", choices=list(dataset_names()),
                    help="data set (default: %(default)s)")
     g.add_argument("--data_folder", default=d.data_folder,
-                   help="where data sets live / are downloaded to (default: %(default)s)")
+                   help="where data sets live / are downloaded to; for imagenet and imagefolder the "
+                        "folder holding train/ and val/ (default: %(default)s)")
     g.add_argument("--no-download", dest="download", action="store_false",
                    help="never download; a missing data set is an error")
     g.add_argument("--no-verify", dest="verify", action="store_false",
                    help="CIFAR: accept files that are not the official ones (your own data in CIFAR's "
                         "format); they are still read without running any code")
-    g.add_argument("--synthetic_train", type=int, default=d.synthetic_train,
+    g.add_argument("--img_size", type=positive_int, default=d.img_size, metavar="N",
+                   help="image side in pixels for imagefolder, tinyimagenet and imagenet (default: from "
+                        "the data: imagefolder's most common shorter side up to 224, 64 for tinyimagenet, "
+                        "224 for imagenet)")
+    g.add_argument("--synthetic_train", type=positive_int, default=d.synthetic_train,
                    help="synthetic: training images (default: %(default)s)")
-    g.add_argument("--synthetic_test", type=int, default=d.synthetic_test,
+    g.add_argument("--synthetic_test", type=positive_int, default=d.synthetic_test,
                    help="synthetic: test images (default: %(default)s)")
-    g.add_argument("--synthetic_classes", type=int, default=d.synthetic_classes,
-                   help="synthetic: classes (default: %(default)s)")
-    g.add_argument("--synthetic_size", type=int, default=d.synthetic_size,
-                   help="synthetic: image side in pixels (default: %(default)s)")
-    g.add_argument("--val_split", type=int, default=d.val_split,
+    g.add_argument("--synthetic_classes", type=positive_int, default=d.synthetic_classes,
+                   help="synthetic: classes, at least 2 (default: %(default)s)")
+    g.add_argument("--synthetic_size", type=positive_int, default=d.synthetic_size,
+                   help="synthetic: image side in pixels, at least 8 (default: %(default)s)")
+    g.add_argument("--val_split", type=non_negative_int, default=d.val_split,
                    help="hold out this many training images per class as a validation set "
                         "(default: %(default)s)")
-    g.add_argument("--num_workers", type=int, default=d.num_workers,
-                   help="decoding worker processes, ImageNet folders only (default: %(default)s)")
+    g.add_argument("--num_workers", type=non_negative_int, default=d.num_workers,
+                   help="decoding worker processes of streamed image folders, and decoding threads "
+                        "of image folders read onto the device (default: %(default)s)")
     g.add_argument("--drop_last", action="store_true",
                    help="drop the last incomplete training batch of each epoch")
     return parser
@@ -71,6 +93,7 @@ def build_loaders(name: str, *, batch_size: int, device, seed: int, with_index: 
     ``test_batch_size`` defaults to ``batch_size`` (evaluation results do not depend on it)."""
     entry = get_entry(name)
     opts = make_options(options, **option_overrides)
+    check_img_size(entry, opts)
     test_batch_size = batch_size if test_batch_size is None else test_batch_size
     source = entry.build(opts)
     kw = dict(batch_size=batch_size, test_batch_size=test_batch_size, device=device, seed=seed,
@@ -96,13 +119,22 @@ def tensor_loaders(data: TensorData, *, options: DataOptions, batch_size: int, t
     val = DeviceLoader(xtr, ytr, data.spec, batch_size=test_batch_size, device=device, seed=seed,
                        shuffle=False, views=("none",), source_indices=torch.as_tensor(held),
                        role="validation") if len(held) else None
-    return Loaders(train, test, val, data.spec)
+    return Loaders(train, test, val, data.spec, data.note or resident_note(data, device))
+
+
+def resident_note(data: TensorData, device) -> str:
+    """The generic line for a data set held on the device."""
+    s = data.spec
+    size = data.train_images.numel() + data.test_images.numel()
+    return (f"data: {s.name}, {len(data.train_labels)} train / {len(data.test_labels)} test images "
+            f"{s.channels}x{s.image_size}x{s.image_size}, {s.num_classes} classes, held on {device} as uint8 "
+            f"({byte_size(size)})")
 
 
 def options_from_args(args: argparse.Namespace) -> DataOptions:
-    """The ``DataOptions`` named by parsed flags (missing attributes keep their defaults)."""
-    d = DataOptions()
-    return DataOptions(**{k: getattr(args, k, v) for k, v in d.__dict__.items()})
+    """The ``DataOptions`` named by the flags of ``add_data_arguments`` (``args`` must come from a
+    parser that has them: every one is read, none has a fallback)."""
+    return DataOptions(**{k: vars(args)[k] for k in FLAG_OPTIONS})
 
 
 def loaders_from_args(args: argparse.Namespace, *, batch_size: int, device, seed: int,
@@ -110,7 +142,7 @@ def loaders_from_args(args: argparse.Namespace, *, batch_size: int, device, seed
                       rank: int = 0, world_size: int = 1,
                       test_batch_size: Optional[int] = None) -> Loaders:
     """``build_loaders`` for the flags added by ``add_data_arguments``."""
-    return build_loaders(getattr(args, "dataset", "cifar100"), batch_size=batch_size,
+    return build_loaders(args.dataset, batch_size=batch_size,
                          device=device, seed=seed, with_index=with_index, views=views, rank=rank,
                          world_size=world_size, test_batch_size=test_batch_size,
                          options=options_from_args(args))
@@ -118,4 +150,4 @@ def loaders_from_args(args: argparse.Namespace, *, batch_size: int, device, seed
 
 def spec_from_args(args: argparse.Namespace) -> DataSpec:
     """The spec for parsed flags, without loading the data."""
-    return get_spec(getattr(args, "dataset", "cifar100"), options_from_args(args))
+    return get_spec(args.dataset, options_from_args(args))

@@ -6,7 +6,7 @@ mistakes a half-written folder for data. That is why
 
 - the archive is streamed to a hidden temporary file in the data folder and its MD5 is computed
   while streaming (no second pass over 160 MB);
-- it is extracted into a hidden temporary directory next to the target, and only the complete
+- it (a tar or zip archive) is extracted into a hidden temporary directory next to the target, and only the complete
   folder is renamed into place (a rename within one file system is atomic);
 - every temporary file and directory is removed in a ``finally`` block, and a data folder that
   this call created is removed again if it is still empty.
@@ -28,6 +28,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -186,9 +187,12 @@ def fetch(url: str, out, timeout: float = 60.0) -> str:
 
 
 def safe_extract(archive: Path, dest: Path, source: str) -> None:
-    """Extract a tar archive, refusing members that would land outside ``dest`` or that are not
-    plain files or folders (links, devices): the archive is checked by MD5, but this keeps a
+    """Extract a tar or zip archive, refusing members that would land outside ``dest`` or that are
+    not plain files or folders (links, devices): the archive is checked by MD5, but this keeps a
     caller-supplied URL/MD5 pair from writing anywhere else."""
+    if zipfile.is_zipfile(archive):
+        safe_extract_zip(archive, dest, source)
+        return
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
@@ -202,6 +206,38 @@ def safe_extract(archive: Path, dest: Path, source: str) -> None:
             else:  # Python < 3.11.4: the members were checked above
                 tar.extractall(dest, members=members)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"cannot extract {source}: {type(e).__name__}: {one_line(e)}") from None
+
+
+ZIP_SYMLINK = 0o120000
+ZIP_FILE_TYPE = 0o170000
+
+
+def safe_extract_zip(archive: Path, dest: Path, source: str) -> None:
+    """``safe_extract`` for a zip archive: every member name must stay inside ``dest`` (no
+    absolute path, drive or '..' that leaves it) and no member may be a symbolic link (zip keeps
+    the Unix file type in the upper half of ``external_attr``)."""
+    root = os.path.realpath(dest)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for m in members:
+                path = os.path.realpath(os.path.join(root, m.filename))
+                is_link = (m.external_attr >> 16) & ZIP_FILE_TYPE == ZIP_SYMLINK
+                if is_link or os.path.isabs(m.filename) or "\\" in m.filename \
+                        or os.path.commonpath([root, path]) != root:
+                    raise DataError(f"archive {source} contains an unsafe member {m.filename!r}")
+            for m in members:
+                target = os.path.join(root, m.filename)
+                if m.is_dir():
+                    os.makedirs(target, exist_ok=True)
+                    continue
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with zf.open(m) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"cannot extract {source}: {type(e).__name__}: {one_line(e)}") from None

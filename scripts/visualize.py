@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dataset import DataError, loaders_from_args  # noqa: E402
+from dataset import DataError, add_data_arguments, loaders_from_args  # noqa: E402
 from helper.options import OneLineParser  # noqa: E402
 from models.checkpoint import CheckpointError, load_model, read_state_dict  # noqa: E402
 
@@ -86,7 +86,10 @@ def data_of(path: str, overrides: argparse.Namespace) -> argparse.Namespace:
     if "dataset" not in args:
         raise VisualizeError(f"checkpoint {path}: neither an args.json beside it nor its own entries say "
                              "which data set it was trained on; pass --dataset")
-    return argparse.Namespace(**args)
+    # every data flag at the parser's default, then the run's values (an older args.json may lack
+    # a data flag added since)
+    defaults = vars(add_data_arguments(argparse.ArgumentParser()).parse_args([]))
+    return argparse.Namespace(**{**defaults, **args})
 
 
 def load_split(data: argparse.Namespace, split: str, device: str):

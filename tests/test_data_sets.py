@@ -1,8 +1,7 @@
-"""The offline data sets (digits, synthetic), the registry's errors, and the ImageNet folder path
-(its missing-torchvision error, and its loader logic behind a torchvision-free fake backend)."""
+"""The offline data sets (digits, synthetic) and the registry's errors. The image-file data sets
+(imagenet, imagefolder, tinyimagenet) are tested on real JPEG and PNG files in
+tests/test_dataset_*.py."""
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import torch
 
 import dataset
 from dataset import DataError, build_loaders, get_spec
-from dataset import imagenet as imagenet_mod
 from dataset.digits import DIGITS_MEAN, DIGITS_STD
 
 
@@ -96,7 +94,8 @@ def test_synthetic_bad_sizes(flag, value):
 # -- errors ---------------------------------------------------------------------------------------
 def test_unknown_data_set_is_a_one_line_error():
     with pytest.raises(DataError, match=r"unknown data set 'mnist' \(--dataset\); expected one of: "
-                                        r"cifar10, cifar100, digits, imagenet, synthetic") as e:
+                                        r"cifar10, cifar100, digits, imagefolder, imagenet, synthetic, "
+                                        r"tinyimagenet") as e:
         build_loaders("mnist", batch_size=8, device="cpu", seed=0)
     assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
     with pytest.raises(DataError, match="unknown data set"):
@@ -115,102 +114,3 @@ def test_unknown_option_and_bad_seed():
 def test_registering_twice_is_refused():
     with pytest.raises(ValueError, match="registered twice"):
         dataset.register_dataset("digits", spec=dataset.get_spec("digits"))(lambda o: None)
-
-
-# -- ImageNet folders -----------------------------------------------------------------------------
-def make_folders(root, classes=("n01", "n02", "n03"), per_class=(4, 3, 5), val=(2, 2, 1)):
-    for split, counts in (("train", per_class), ("val", val)):
-        for c, (name, n) in enumerate(zip(classes, counts)):
-            d = root / split / name
-            d.mkdir(parents=True)
-            for i in range(n):
-                # an 8x8 image whose pixels encode (class, index); ".JPEG" name, npy content
-                with open(d / f"{name}_{i}.JPEG", "wb") as f:
-                    np.save(f, np.full((3, 8, 8), 10 * c + i, dtype=np.uint8))
-            (d / "notes.txt").write_text("not an image")
-    return root
-
-
-def test_imagenet_spec_counts_folders(tmp_path):
-    make_folders(tmp_path)
-    spec = get_spec("imagenet", data_folder=str(tmp_path))
-    assert (spec.num_classes, spec.num_train, spec.num_test, spec.image_size) == (3, 12, 5, 224)
-
-
-def test_imagenet_without_torchvision_names_the_extra(tmp_path, monkeypatch):
-    make_folders(tmp_path)
-    monkeypatch.setitem(sys.modules, "torchvision", None)          # import torchvision fails
-    with pytest.raises(DataError, match=r'pip install "mtkd\[vision\]"') as e:
-        build_loaders("imagenet", data_folder=str(tmp_path), batch_size=4, device="cpu", seed=0)
-    assert "\n" not in str(e.value)
-
-
-def test_imagenet_missing_folders(tmp_path):
-    with pytest.raises(DataError, match=f"--data_folder {tmp_path / 'x'} not found"):
-        build_loaders("imagenet", data_folder=str(tmp_path / "x"), batch_size=4, device="cpu", seed=0)
-    (tmp_path / "train" / "a").mkdir(parents=True)
-    with pytest.raises(DataError, match=f"ImageNet folder {tmp_path / 'val'} not found"):
-        build_loaders("imagenet", data_folder=str(tmp_path), batch_size=4, device="cpu", seed=0)
-
-
-def test_imagenet_class_folders_must_agree(tmp_path):
-    make_folders(tmp_path)
-    (tmp_path / "val" / "n09").mkdir()
-    (tmp_path / "val" / "n09" / "a.JPEG").write_bytes(b"")
-    with pytest.raises(DataError, match="must have the same class folders.*n09"):
-        get_spec("imagenet", data_folder=str(tmp_path))
-
-
-class FakeVision:
-    """Stands in for torchvision: loads the .npy 'JPEGs', 'standard' = random flip drawn from the
-    global torch RNG (as torchvision's transforms do), 'none' = identity."""
-
-    def load(self, path):
-        return torch.from_numpy(np.load(path))
-
-    def transform(self, view):
-        if view == "none":
-            return lambda img: img.clone()
-        if view == "standard":
-            return lambda img: img.flip(-1) if torch.rand(1).item() < 0.5 else img.clone()
-        raise DataError(f"view {view!r} is not available")
-
-
-def test_imagenet_loader_contract_with_a_fake_backend(tmp_path, monkeypatch):
-    make_folders(tmp_path)
-    monkeypatch.setattr(imagenet_mod, "vision_backend", FakeVision)
-    kw = dict(data_folder=str(tmp_path), batch_size=5, device="cpu", seed=0, with_index=True,
-              num_workers=0)
-    loaders = build_loaders("imagenet", val_split=1, **kw)
-    train, test, val = loaders.train, loaders.test, loaders.val
-    assert (train.num_samples, val.num_samples, test.num_samples) == (9, 3, 5)
-    assert len(train) == 2 and len(test) == 1
-    assert not set(train.source_indices.tolist()) & set(val.source_indices.tolist())
-    spec = loaders.spec
-    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
-    train.set_epoch(4)
-    first = list(train)
-    for x, y, idx in first:
-        pixels = torch.round((x * std + mean) * 255)
-        assert x.dtype == torch.float32 and y.dtype == torch.int64
-        assert torch.equal(y, train.labels[idx])
-        assert torch.equal(pixels[:, 0, 0, 0].long() // 10, y)       # the right image was decoded
-    assert sorted(torch.cat([b[2] for b in first]).tolist()) == list(range(9))
-    train.set_epoch(4)
-    again = list(train)
-    assert all(torch.equal(a, b) for u, v in zip(first, again) for a, b in zip(u, v))
-    xs, ys = zip(*test)
-    assert torch.cat(ys).tolist() == [0, 0, 1, 1, 2]                 # in order, all of them
-
-
-def test_imagenet_augmentation_does_not_depend_on_workers(tmp_path, monkeypatch):
-    make_folders(tmp_path, per_class=(6, 6, 6))
-    monkeypatch.setattr(imagenet_mod, "vision_backend", FakeVision)
-    batches = []
-    for workers in (0, 2):
-        train = build_loaders("imagenet", data_folder=str(tmp_path), batch_size=4, device="cpu",
-                              seed=3, num_workers=workers).train
-        train.set_epoch(1)
-        batches.append(list(train))
-    for (x0, y0), (x2, y2) in zip(*batches):
-        assert torch.equal(x0, x2) and torch.equal(y0, y2)
