@@ -134,7 +134,7 @@ def resident_note(data: TensorData, device) -> str:
 def options_from_args(args: argparse.Namespace) -> DataOptions:
     """The ``DataOptions`` named by the flags of ``add_data_arguments`` (``args`` must come from a
     parser that has them: every one is read, none has a fallback)."""
-    return DataOptions(**{k: vars(args)[k] for k in FLAG_OPTIONS})
+    return DataOptions(**{k: getattr(args, k) for k in FLAG_OPTIONS})
 
 
 def loaders_from_args(args: argparse.Namespace, *, batch_size: int, device, seed: int,

@@ -256,6 +256,8 @@ class StudentRun:
                    f"{'on' if teachers.fusing(config.device) else 'off'} -> {s.run_dir}")
         run.info(f"==> {config.backend_mode}" + (f"; {ctx.world_size} processes, global batch "
                                                  f"{config.global_batch_size}" if ctx.enabled else ""))
+        if loaders.note:
+            run.info(f"==> {loaders.note}")
         for line in shared.report_lines:
             run.info(line)
         group = {"group": [t.name for t in self.students]} if self.plan.is_group else {}
@@ -314,6 +316,8 @@ class StudentRun:
                             first_step=partial(measured_first_step, device=config.device,
                                                log=lambda line: [s.run.info(line) for s in self.students])
                             if group else None)
+        except DataError as exc:          # a file that fails to decode in the middle of an epoch
+            raise RunError(exc, code=1) from None
         except NonFiniteLoss as exc:
             member = getattr(exc, "member", None)
             s = next((t for t in self.students if member is not None and t.name == member.name), self.students[0])

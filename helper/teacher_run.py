@@ -136,6 +136,8 @@ class TeacherRun:
                      f"amp {'on' if config.amp else 'off'}, lr {config.learning_rate} -> {run_dir}")
             run.info(f"==> {config.backend_mode}" + (f"; {ctx.world_size} processes, global batch "
                                                      f"{config.global_batch_size}" if ctx.enabled else ""))
+            if loaders.note:
+                run.info(f"==> {loaders.note}")
             meta = {"arch": config.model, "num_classes": spec.num_classes, "dataset": spec.name,
                     "trial": config.trial, "loss": config.loss, "seed": seed}
             trainer = Trainer(task, optimizer, loaders, LoopSettings.of(config), run, meta, step=step,
@@ -145,6 +147,8 @@ class TeacherRun:
             try:
                 summary, = fit([Member(config.trial, trainer, (config.train_view,))],
                                {(config.train_view,): loaders}, config.epochs)
+            except DataError as exc:      # a file that fails to decode in the middle of an epoch
+                raise RunError(exc, code=1) from None
             except NonFiniteLoss as exc:
                 raise RunError(f"trial {config.trial}: {exc}; " + checkpoint_status(
                     run_dir, config.model, self.prog, [], config.epochs, suggest_resume=False)

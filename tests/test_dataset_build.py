@@ -64,7 +64,7 @@ def test_options_from_args_copies_every_flag():
 
 
 def test_a_namespace_without_the_data_flags_is_refused():
-    with pytest.raises(KeyError, match="data_folder"):
+    with pytest.raises(AttributeError, match="data_folder"):
         options_from_args(argparse.Namespace(dataset="digits"))
 
 
