@@ -186,11 +186,19 @@ def fetch(url: str, out, timeout: float = 60.0) -> str:
     return h.hexdigest()
 
 
+def starts_like_a_zip(path: Path) -> bool:
+    """A zip archive begins with a local file header. (Not ``zipfile.is_zipfile``, which looks for
+    the central directory near the END: a tar whose last member is a zip file, such as a torch
+    checkpoint, passes it.)"""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def safe_extract(archive: Path, dest: Path, source: str) -> None:
     """Extract a tar or zip archive, refusing members that would land outside ``dest`` or that are
     not plain files or folders (links, devices): the archive is checked by MD5, but this keeps a
     caller-supplied URL/MD5 pair from writing anywhere else."""
-    if zipfile.is_zipfile(archive):
+    if starts_like_a_zip(archive):
         safe_extract_zip(archive, dest, source)
         return
     try:

@@ -13,7 +13,7 @@ Nothing here branches on a method's name: the registries resolved them when the 
 from __future__ import annotations
 
 import contextlib
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn

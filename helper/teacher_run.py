@@ -21,7 +21,7 @@ from models import build_model
 from . import cuda_graphs, runfolder
 from .checkpoint import checkpoint_paths, load_for_resume
 from .distributed import DistContext
-from .errors import NonFiniteLoss, RunError, RunFolderError
+from .errors import NonFiniteLoss, RunError
 from .execution import apply_backend, memory_format
 from .manifest import ManifestError, add_teacher, entry_name, manifest_path
 from .options import model_options, trial_seed

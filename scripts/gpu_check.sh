@@ -65,12 +65,15 @@ LOGS=$WORK/logs
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
 
 # pytest-xdist where installed: one worker per CPU core, at most 16 (one GPU is shared by all);
-# -rfE lists every failure and error at the end of the log
+# without it, the project's addopts (-n auto) are replaced by none (-o addopts=). -rfE lists every
+# failure and error at the end of the log
 PYTEST=("$PY" -m pytest -q -rfE -p no:cacheprovider)
 if "$PY" -c "import xdist" >/dev/null 2>&1; then
     WORKERS=$(nproc 2>/dev/null || echo 4)
     [ "$WORKERS" -gt 16 ] && WORKERS=16
     PYTEST+=(-n "$WORKERS")
+else
+    PYTEST+=(-o "addopts=-ra")
 fi
 # pytest-timeout where installed: a test that hangs on the GPU fails alone instead of eating the run
 if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then

@@ -1,9 +1,13 @@
 """Shared fixtures: seeded tests, and real teachers trained once per session on digits.
 
 End-to-end tests call the scripts' ``main(argv)`` in-process (no interpreter start-up per run)
-and read what the run wrote.
+and read what the run wrote. The suite runs on every core (pytest-xdist, ``addopts`` in
+pyproject.toml; ``-n 0`` for one process); what a session makes once (the digits teachers, the
+shared reference runs) is made once for all the workers, in a folder they share, under a file lock.
 """
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 
@@ -12,6 +16,34 @@ import torch
 
 import train_student
 import train_teacher
+
+
+def pytest_configure(config):
+    """One share of the cores per xdist worker: torch's default (every core) in each of N workers
+    oversubscribes them, and every OpenMP region then waits for a time slice."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@pytest.fixture(scope="session")
+def session_folder(tmp_path_factory):
+    """A folder all the workers of this session share (the session's base folder without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def made_once(folder, name):
+    """``(path, done)`` for a thing made once per session: ``done`` is False for the one worker
+    that must make it (holding the lock until it has; the others wait), True where it is made."""
+    path = folder / name
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = (path / ".made").exists()
+        yield path, done
+        if not done:
+            (path / ".made").touch()
 
 
 @pytest.fixture(autouse=True)
@@ -52,16 +84,17 @@ TEACHER_EPOCHS = 8
 
 
 @pytest.fixture(scope="session")
-def digits_teachers(tmp_path_factory):
+def digits_teachers(session_folder):
     """A save folder with three resnet8 teachers trained on digits (about 85-90% test accuracy),
-    registered in its manifest as digits-resnet8-0/1/2."""
-    save_dir = str(tmp_path_factory.mktemp("teachers"))
-    torch.manual_seed(0)
-    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", "--epochs", str(TEACHER_EPOCHS),
-                               "--lr_decay_epochs", "6", "--trials", "3", "--save_dir", save_dir, "--quiet",
-                               "--batch_size", "64"])
-    assert code == 0
-    return save_dir
+    registered in its manifest as digits-resnet8-0/1/2 (trained once for all workers; read-only)."""
+    with made_once(session_folder, "digits_teachers") as (save_dir, done):
+        if not done:
+            torch.manual_seed(0)
+            code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", "--epochs", str(TEACHER_EPOCHS),
+                                       "--lr_decay_epochs", "6", "--trials", "3", "--save_dir", str(save_dir),
+                                       "--quiet", "--batch_size", "64"])
+            assert code == 0
+    return str(save_dir)
 
 
 def read_metrics(run_dir):
@@ -108,25 +141,30 @@ def student_save_dir(digits_teachers, tmp_path):
 
 
 class SharedRuns:
-    """Student runs made once per session, keyed by their arguments: an e2e test that needs the
-    plain-KD run of its setting as a reference gets the run that setting's own KD test makes (or
-    makes it, and that test then reuses it), so the references add no runs."""
+    """Student runs made once per session (for all workers), keyed by their arguments: an e2e test
+    that needs the plain-KD run of its setting as a reference gets the run that setting's own KD
+    test makes (or makes it, and that test then reuses it), so the references add no runs. The runs
+    are read-only for their users."""
 
-    def __init__(self, digits_teachers, tmp_path_factory):
-        self.teachers, self.tmp, self.runs = digits_teachers, tmp_path_factory, {}
+    def __init__(self, digits_teachers, folder):
+        self.teachers, self.folder = digits_teachers, folder
 
     def __call__(self, *argv):
-        key = tuple(argv)
-        if key not in self.runs:
-            save_dir = see_teachers(self.teachers, self.tmp.mktemp("shared_run"))
-            torch.manual_seed(0)
-            self.runs[key] = run_student(save_dir, *argv)
-        return self.runs[key]
+        key = hashlib.sha256(json.dumps(list(argv)).encode()).hexdigest()[:16]
+        with made_once(self.folder, f"shared_run_{key}") as (save_dir, done):
+            if not done:
+                save_dir.mkdir()
+                torch.manual_seed(0)
+                code, run_dir, _ = run_student(see_teachers(self.teachers, save_dir), *argv)
+                (save_dir / "result.json").write_text(json.dumps({"code": code, "run_dir": run_dir}))
+        result = json.loads((save_dir / "result.json").read_text())
+        run_dir = result["run_dir"]
+        return result["code"], run_dir, read_metrics(run_dir) if run_dir else []
 
 
 @pytest.fixture(scope="session")
-def shared_runs(digits_teachers, tmp_path_factory):
-    return SharedRuns(digits_teachers, tmp_path_factory)
+def shared_runs(digits_teachers, session_folder):
+    return SharedRuns(digits_teachers, session_folder)
 
 
 KD_MARGIN = 15.0         # test top-1 points a loss may fall below plain KD in the same setting

@@ -8,7 +8,7 @@ import pytest
 
 import train_student
 from helper.config import FrozenConfigError, RunConfig
-from helper.run_identity import HASHED_ALWAYS, NOT_RESULT, config_hash, result_settings
+from helper.run_identity import HASHED_ALWAYS, config_hash, result_settings
 
 from builders import student_name, student_plan, teacher_configs, teacher_folder
 

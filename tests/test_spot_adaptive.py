@@ -17,7 +17,6 @@ from distiller_zoo.routing.gumbel import gumbel_noise
 from distiller_zoo.routing.router import Routing, subset_batch, subset_output
 from helper.checkpoint import ResumeError
 from helper.spot_adaptive import same_family
-from helper.teachers import TeacherEnsemble
 from models import model_dict
 from builders import forward, step_config, student_task
 from conftest import assert_shares_are_the_step_weights, recording_term_weights
