@@ -13,6 +13,10 @@ feature is its last unit's concatenation [untouched half, branch before its last
 the channel shuffle, exactly as RepDistiller reports it: the same channels as the plain feature
 in a different order. The stem is always post-ReLU. ``get_bn_before_relu`` is not supported (as
 in RepDistiller).
+
+``ShuffleV2_0_5`` is CA-MKD's 0.5x network (48/96/192 channels, same units and head). CA-MKD's copy
+of this file reports ``relu(bn2(conv2(.)))`` of the last layer as the last map; this zoo reports
+the layer output for both sizes, as RepDistiller does.
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ def he_fan_out(weight):
 
 def normal_fan_out(weight):
     """RepDistiller's VGG/MobileNetV2/WRN initialisation: ``N(0, sqrt(2 / (kh * kw * out_channels)))``
-    (the same variance as ``he_fan_out``, computed in another order, so not the same bits)."""
+    (the variance of ``he_fan_out``; its standard deviation is computed in another order, which
+    can differ in the last bit, so each network keeps the formula it was written with)."""
     fan_out = weight.shape[2] * weight.shape[3] * weight.shape[0]
     nn.init.normal_(weight, 0.0, math.sqrt(2.0 / fan_out))
 
