@@ -22,6 +22,9 @@ from distiller_zoo.routing import OUTPUT, distiller_rows, plan_spots
 from models import imagenet_model_cfg, imagenet_model_dict, model_cfg, model_dict
 from models.checkpoint import load_model
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")      # a loaded 2-core machine
+
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = json.loads((FIXTURES / "reference_extra_models.json").read_text())["models"]
 DIGESTS = json.loads((FIXTURES / "model_init_digests.json").read_text())
