@@ -319,3 +319,15 @@ def test_spot_adaptive_plan_at_64_px(distill, student, teachers):
         assert s_shapes[spot.student][-1] >= 4                    # a 64-px map: at least 4x4
     if distill == "attention":                                    # the three maps RepDistiller pairs
         assert [s.student for s in plan.feature_spots] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("size", [(2, 2), (4, 4), (3, 5), (14, 14)])
+def test_vgg8_imagenet_pooling_is_adaptive_average_pooling(size):
+    """vgg8_imagenet's 7x7 pooling, as matrix products (deterministic on CUDA), at other map sizes."""
+    from models.imagenet.vgg import adaptive_average
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    ours = adaptive_average(x, 7, 7)
+    torch.testing.assert_close(ours, F.adaptive_avg_pool2d(x, (7, 7)))
+    g = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0],
+                               torch.autograd.grad(F.adaptive_avg_pool2d(x, (7, 7)), x, g)[0])

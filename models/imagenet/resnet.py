@@ -16,7 +16,8 @@ check ``isinstance(block, BasicBlock)`` tests a class, not an instance, and basi
 Stages: 0 = the stem (7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max pooling), 1..4 = layer1..4.
 Features: the five stage outputs (56, 56, 28, 14 and 7 px for a 224-px input; post-ReLU, or each
 layer's last block before its final ReLU with ``preact``; the stem is always post-ReLU), then the
-pooled vector.
+pooled vector (the mean over the map, as ``models.base``: torchvision's ``AdaptiveAvgPool2d(1)``
+gives the same numbers, but its CUDA backward is not deterministic).
 """
 from __future__ import annotations
 
@@ -34,15 +35,11 @@ class ImageNetResNet(FourLayerResNet):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         planes = self._make_layers(block, layers, **block_kw)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(planes, num_classes)
         init_weights(self)
 
     def stem(self, x):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
-
-    def pool(self, x):
-        return self.avgpool(x).flatten(1)
 
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.bn1, self.relu, self.maxpool, *self._layers])

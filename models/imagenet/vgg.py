@@ -12,13 +12,16 @@ is 1x1 and the 7x7 pooling repeats it, as in CA-MKD).
 
 Stages: one per conv block: 0 = block 0 (224 px), i = 1..4 = the max pooling before block i,
 then block i (112, 56, 28, 14 px). ``pool`` is the last max pooling, the 7x7 pooling and the
-flattening (the pooled vector has 25088 entries, CA-MKD's last feature). Features: the five block
+flattening (the pooled vector has 25088 entries, CA-MKD's last feature); the 7x7 pooling is
+the identity at 224 px, a repetition at 32 px, and otherwise adaptive average pooling computed
+as matrix products (deterministic on CUDA, unlike ``adaptive_avg_pool2d``). Features: the five block
 outputs after ReLU (with ``preact``, blocks 1..4 before it; block 0 is post-ReLU either way, as
 the CIFAR VGG), then the pooled vector. Unlike CA-MKD's forward, which reports features at fixed
 ``features[]`` indices (after a BN, after a pooling, ...), every feature is a block output.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -27,6 +30,24 @@ from ..blocks import init_weights
 from ..registry import register_model
 
 CFG = {"S": [64, "M", 128, "M", 256, "M", 512, "M", 512, "M"]}
+
+
+def pooling_matrix(n_in: int, n_out: int, like):
+    """``[n_out, n_in]``: row i averages adaptive pooling's window i (``floor(i * n_in / n_out)`` to
+    ``ceil((i + 1) * n_in / n_out)``), on ``like``'s device and dtype."""
+    rows = torch.arange(n_out, device=like.device)
+    start = (rows * n_in) // n_out
+    end = ((rows + 1) * n_in + n_out - 1) // n_out
+    cols = torch.arange(n_in, device=like.device)
+    inside = (cols[None, :] >= start[:, None]) & (cols[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+
+
+def adaptive_average(x, h_out: int, w_out: int):
+    """``adaptive_avg_pool2d(x, (h_out, w_out))`` as two small matrix products: the same windows,
+    and a backward that is deterministic on CUDA (adaptive_avg_pool2d's is not)."""
+    ph, pw = pooling_matrix(x.shape[-2], h_out, x), pooling_matrix(x.shape[-1], w_out, x)
+    return torch.einsum("oh,nchw,pw->ncop", ph, x, pw)
 
 
 def make_features(cfg):
@@ -68,12 +89,11 @@ class ImageNetVGG(ZooModel):
 
     def pool(self, x):
         x = self.features[len(self.features) - 1](x)
-        if tuple(x.shape[-2:]) == (7, 7):
-            pass
-        elif tuple(x.shape[-2:]) == (1, 1):        # CIFAR-sized input: the 7x7 pooling repeats it
+        h, w = x.shape[-2:]
+        if (h, w) == (1, 1):                        # CIFAR-sized input: the 7x7 pooling repeats it
             x = x.expand(-1, -1, 7, 7)
-        else:
-            x = F.adaptive_avg_pool2d(x, (7, 7))
+        elif (h, w) != (7, 7):
+            x = adaptive_average(x, 7, 7)
         return x.flatten(1)
 
     def classify(self, pooled):
