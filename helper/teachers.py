@@ -3,6 +3,8 @@
 Teachers are in eval mode with ``requires_grad=False`` and run under ``torch.no_grad()``.
 (Not ``inference_mode``: its tensors may not be saved for backward, and losses such as CA-MKD's
 pass student tensors through a teacher's head, which needs the teacher's features in autograd.)
+No operator of ``outputs`` runs with grad mode on or makes a tensor that requires grad, fused or
+not (``tests/test_teachers_fold.py``).
 
 Teachers of the same architecture can run as ONE batched forward: their parameters and buffers
 are stacked and the network is applied with ``torch.func.vmap`` over the stack, so M resnet32x4
@@ -18,7 +20,8 @@ and True) equal the teacher's up to float rounding; otherwise the teacher runs u
 line is logged. The folded networks are *copies* that share every unfolded tensor with the
 teachers: ``models`` stays the teachers as given (their ``state_dict``, checkpoint digests and
 evaluation read the original weights), and ``outputs`` runs the folded copies, fused or not,
-compiled or not; each output's ``head`` and ``model`` are the network that produced it. Folding
+compiled or not; each output's ``head`` and ``model`` are the network that produced it (the
+spot-adaptive graft pass runs stages of ``models``, unfolded: the same values). Folding
 computes the same function up to float32 rounding (about 1e-6 of each output's scale on the
 zoo), not bit for bit: ``fold_bn=False`` gives the unfolded forward exactly.
 The weights are folded as they are when the ensemble is made; change a teacher's weights later

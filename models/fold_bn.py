@@ -5,8 +5,9 @@ gamma + beta``; when ``y = conv(x)`` the two compose into one convolution with w
 ``W * s`` and bias ``(b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)`` (per output
 channel). This is the standard inference-time fusion (e.g. Jacob et al., "Quantization and
 Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference", CVPR 2018, Sec. 3.2;
-PyTorch's ``torch.nn.utils.fusion.fuse_conv_bn_eval`` does the same arithmetic). It saves one
-operator per pair and the memory traffic of the BN's output.
+PyTorch's ``torch.nn.utils.fusion.fuse_conv_bn_eval`` does the same arithmetic). It saves the
+BN's operators (two aten operators per pair: ``native_batch_norm`` and its output's allocation)
+and the memory traffic of the BN's output.
 
 A pair may be folded only where the BN's input is exactly the conv's output and nothing else reads
 that output. The pairs are found without knowing the architecture:
@@ -25,9 +26,9 @@ that output. The pairs are found without knowing the architecture:
   largest relative deviation, or no copy and the reason where they differ beyond float rounding
   (or the model cannot be probed).
 
-The folded network computes the same function up to float32 rounding (the product ``W * s`` and the bias
-are rounded, and the conv sums in another order): tested to a relative 1e-4 of each output's
-largest value on every zoo architecture (``tests/test_teachers_fold.py``).
+The folded network computes the same function up to float32 rounding (the product ``W * s`` and
+the bias are rounded, and the conv sums in another order): tested to a relative 1e-4 of each
+output's largest value on every zoo architecture (``tests/test_teachers_fold.py``).
 """
 from __future__ import annotations
 

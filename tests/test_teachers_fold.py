@@ -343,3 +343,17 @@ def test_folding_removes_the_batchnorm_operators_of_a_teacher_forward():
     assert ops_plain["aten.native_batch_norm.default"] == n_bn and "aten.native_batch_norm.default" not in ops_folded
     assert ops_folded["aten.convolution.default"] == ops_plain["aten.convolution.default"]
     assert n_folded < n_plain
+
+
+def test_bench_student_counts_the_operators_of_our_step_unfolded_and_folded(capsys):
+    """``bench_student.py --count-ops`` at a tiny size: per method, one step of ours with the teachers
+    unfolded and folded; folding removes the two operators of each teacher BatchNorm (resnet8: 9)."""
+    import bench_student
+    rows = bench_student.main(["--count-ops", "--teachers", "resnet8", "resnet8", "--student", "resnet8",
+                               "--classes", "10", "--size", "16", "--batch_size", "8",
+                               "--methods", "AVERAGE_LOSS,CAMKD"])
+    assert [r[0] for r in rows] == ["AVERAGE_LOSS", "CAMKD"]
+    for _, unfolded, folded in rows:
+        assert unfolded - folded == 2 * 2 * 9
+    out = capsys.readouterr().out
+    assert "aten operators of one step" in out and "AVERAGE_LOSS   unfolded" in out
