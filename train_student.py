@@ -54,6 +54,9 @@ def build_parser():
                    help="do not evaluate the teachers before training")
     g.add_argument("--fuse_teachers", action=argparse.BooleanOptionalAction, default=None,
                    help="run teachers of one architecture as one batched (vmap) forward (default: on for CUDA)")
+    g.add_argument("--fold_bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold each teacher's BatchNorm into the convolution before it, once at load (fewer "
+                        "operators per step; equal to float rounding, checked on a dry batch; default: on for CUDA)")
     g.add_argument("--student_img_size", type=positive_int, default=None, metavar="N",
                    help="the student sees the training and test images resized to N px on the device, after the "
                         "crop and flip; the teachers keep the data set's size (default: the data set's size, "

@@ -55,4 +55,4 @@ def teachers_on(names, num_classes: int, config, seed=0) -> TeacherEnsemble:
     torch.manual_seed(seed)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     return TeacherEnsemble([model_dict[n](num_classes=num_classes) for n in names], list(names),
-                           fuse=config.fuse_teachers).to(config.device, memory_format=fmt)
+                           fuse=config.fuse_teachers, fold_bn=config.fold_bn).to(config.device, memory_format=fmt)

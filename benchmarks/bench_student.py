@@ -178,6 +178,29 @@ def run_reference(method, args, device, num_classes):
     return images / (time.perf_counter() - start), peak_memory_mb(device)
 
 
+def count_step_ops(method, args, num_classes):
+    """Aten operators of one step of ours (``StudentTask.train_step``, eager, on the CPU, after one
+    warm-up step) with the teachers' BatchNorm unfolded and folded: ``{False: n, True: n}``."""
+    from op_count import count_ops
+    device = torch.device("cpu")
+    loader = dataset.build_loaders("synthetic", batch_size=args.batch_size, device=device, seed=0,
+                                   synthetic_train=max(args.size, args.batch_size), synthetic_test=64,
+                                   synthetic_classes=num_classes, drop_last=True).train
+    loader.set_epoch(1)
+    x, y = next(iter(loader))
+    counts = {}
+    for fold in (False, True):
+        config = student_config(method, len(args.teachers), device, "--fold_bn" if fold else "--no-fold_bn")
+        task = student_task(config, teachers_on(args.teachers, num_classes, config), args.student, num_classes,
+                            args.size)
+        optimizer = torch.optim.SGD(task.trainable().parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        task.train_mode()
+        task.epoch_begin(2, 240)
+        task.train_step((x, y), 2, optimizer)                    # warm-up: the optimiser's state
+        counts[fold] = count_ops(lambda: task.train_step((x, y), 2, optimizer))[0]
+    return counts
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -194,7 +217,20 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="print the profiler's table of 3 steps per row")
     parser.add_argument("--cuda_graphs", default="off,capture",
                         help="our step's --cuda_graphs modes, one row each (off, capture, compile, static)")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="instead of timing: print the aten operators of one step of ours per method "
+                             "(CPU), teachers' BatchNorm unfolded and folded (benchmarks/op_count.py)")
     args = parser.parse_args(argv)
+    if args.count_ops:
+        print(f"aten operators of one step (CPU, torch {torch.__version__}): {len(args.teachers)} teachers "
+              f"{'/'.join(sorted(set(args.teachers)))} -> {args.student}, --distill inter, batch {args.batch_size}")
+        rows = []
+        for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+            counts = count_step_ops(method, args, args.classes)
+            rows.append((method, counts[False], counts[True]))
+            print(f"{method:14s} unfolded {counts[False]:6d}  folded {counts[True]:6d}  "
+                  f"({counts[False] - counts[True]} fewer)")
+        return rows
     device = torch.device(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     modes = [m.strip() for m in args.cuda_graphs.split(",") if m.strip()]

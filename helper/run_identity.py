@@ -28,7 +28,7 @@ from .runlog import to_jsonable
 NOT_RESULT = frozenset({
     "help", "print_freq", "save_freq", "quiet", "resume", "overwrite", "save_dir", "device", "num_workers",
     "epochs", "data_folder", "download", "verify", "skip_validation", "tag", "amp", "channels_last",
-    "fuse_teachers", "compile", "deterministic", "command", "backend_mode", "trials", "trial_list",
+    "fuse_teachers", "fold_bn", "compile", "deterministic", "command", "backend_mode", "trials", "trial_list",
     # teachers are identified by what their checkpoints hold (teacher_digests), not by name or path
     "teachers", "path_t", "model_t", "teacher_paths", "teacher_names", "teacher_acc", "ensemble_acc",
     # the students trained alongside (train_student.py's groups): a student in a group is

@@ -135,7 +135,8 @@ def build_shared(plan: StudentPlan, teacher_specs: Sequence[TeacherSpec], ctx: D
         models = [load_model(t.path, arch=t.arch, num_classes=spec.num_classes, imagenet=imagenet)
                   for t in teacher_specs]
         digests = check_teachers(teacher_specs, models, spec.name)
-        teachers = TeacherEnsemble(models, [t.name for t in teacher_specs], fuse=config.fuse_teachers)
+        teachers = TeacherEnsemble(models, [t.name for t in teacher_specs], fuse=config.fuse_teachers,
+                                   fold_bn=config.fold_bn)
         teachers = teachers.to(config.device, memory_format=memory_format(config.channels_last))
         start_state = rng_state() if plan.is_group else None   # the loaders below draw from their own generators
         for v in views[1:]:
@@ -253,7 +254,8 @@ class StudentRun:
                  + f"; objective {config.objective}; seed {shared.seed}; "
                    f"device {config.device}; amp {'on' if config.amp else 'off'}; channels_last "
                    f"{'on' if config.channels_last else 'off'}; teachers fused by architecture "
-                   f"{'on' if teachers.fusing(config.device) else 'off'} -> {s.run_dir}")
+                   f"{'on' if teachers.fusing(config.device) else 'off'}; BatchNorm folded "
+                   f"{'on' if config.fold_bn else 'off'} -> {s.run_dir}")
         run.info(f"==> {config.backend_mode}" + (f"; {ctx.world_size} processes, global batch "
                                                  f"{config.global_batch_size}" if ctx.enabled else ""))
         if loaders.note:

@@ -18,21 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import ZooModel, run_blocks
+from .blocks import ShuffleBlock, ShuffleNetStages
 from .registry import register_model
-
-
-class ShuffleBlock(nn.Module):
-    """Channel shuffle: view channels as [groups, C/groups], transpose, flatten."""
-
-    def __init__(self, groups):
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x):
-        n, c, h, w = x.shape
-        g = self.groups
-        return x.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 class Bottleneck(nn.Module):
@@ -64,9 +51,7 @@ class Bottleneck(nn.Module):
         return (out, preact) if return_preact else out
 
 
-class ShuffleNet(ZooModel):
-    num_stages = 4
-
+class ShuffleNet(ShuffleNetStages):
     def __init__(self, out_planes, num_blocks, groups, num_classes=10):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 24, kernel_size=1, bias=False)
@@ -85,22 +70,6 @@ class ShuffleNet(ZooModel):
             layers.append(Bottleneck(self.in_planes, branch_planes, stride=2 if i == 0 else 1, groups=groups))
             self.in_planes = out_planes
         return nn.Sequential(*layers)
-
-    def stage(self, i, x, preact=False):
-        if i == 0:
-            x = F.relu(self.bn1(self.conv1(x)))
-            return x, x
-        return run_blocks((self.layer1, self.layer2, self.layer3)[i - 1], x, preact)
-
-    def classify(self, pooled):
-        return self.linear(pooled)
-
-    def get_feat_modules(self):
-        return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
-
-    def get_bn_before_relu(self):
-        raise NotImplementedError("ShuffleV1 has no BN right before its stage ReLUs "
-                                  "(not supported by OFD, as in RepDistiller)")
 
 
 @register_model("ShuffleV1", family="shufflenetv1", default_lr=0.01)

@@ -13,6 +13,10 @@ feature is its last unit's concatenation [untouched half, branch before its last
 the channel shuffle, exactly as RepDistiller reports it: the same channels as the plain feature
 in a different order. The stem is always post-ReLU. ``get_bn_before_relu`` is not supported (as
 in RepDistiller).
+
+``ShuffleV2_0_5`` is CA-MKD's 0.5x network (48/96/192 channels, same units and head). CA-MKD's copy
+of this file reports ``relu(bn2(conv2(.)))`` of the last layer as the last map; this zoo reports
+the layer output for both sizes, as RepDistiller does.
 """
 from __future__ import annotations
 
@@ -20,21 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import ZooModel, run_blocks
+from .blocks import ShuffleBlock, ShuffleNetStages
 from .registry import register_model
-
-
-class ShuffleBlock(nn.Module):
-    """Channel shuffle: view channels as [groups, C/groups], transpose, flatten."""
-
-    def __init__(self, groups=2):
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x):
-        n, c, h, w = x.shape
-        g = self.groups
-        return x.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 class SplitBlock(nn.Module):
@@ -99,9 +90,7 @@ class DownBlock(nn.Module):
         return self.shuffle(torch.cat([left, right], 1))
 
 
-class ShuffleNetV2(ZooModel):
-    num_stages = 4
-
+class ShuffleNetV2(ShuffleNetStages):
     def __init__(self, out_channels, num_blocks, num_classes=10):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 24, kernel_size=1, bias=False)
@@ -120,27 +109,18 @@ class ShuffleNetV2(ZooModel):
         self.in_channels = out_channels
         return nn.Sequential(*layers)
 
-    def stage(self, i, x, preact=False):
-        if i == 0:
-            x = F.relu(self.bn1(self.conv1(x)))
-            return x, x
-        return run_blocks((self.layer1, self.layer2, self.layer3)[i - 1], x, preact)
-
     def pool(self, x):
         return super().pool(F.relu(self.bn2(self.conv2(x))))
-
-    def classify(self, pooled):
-        return self.linear(pooled)
-
-    def get_feat_modules(self):
-        return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
-
-    def get_bn_before_relu(self):
-        raise NotImplementedError("ShuffleV2 has no BN right before its stage ReLUs "
-                                  "(not supported by OFD, as in RepDistiller)")
 
 
 @register_model("ShuffleV2", family="shufflenetv2", default_lr=0.01)
 def ShuffleV2(num_classes=100):
     """ShuffleNet V2 (1.0x) for CIFAR: channels 116/232/464, units 3/7/3, 1024-d head."""
     return ShuffleNetV2(out_channels=(116, 232, 464, 1024), num_blocks=(3, 7, 3), num_classes=num_classes)
+
+
+@register_model("ShuffleV2_0_5", family="shufflenetv2", default_lr=0.01)
+def ShuffleV2_0_5(num_classes=100):
+    """ShuffleNet V2 (0.5x) for CIFAR (CA-MKD's ``ShuffleV2_0_5``): channels 48/96/192, units 3/7/3,
+    1024-d head."""
+    return ShuffleNetV2(out_channels=(48, 96, 192, 1024), num_blocks=(3, 7, 3), num_classes=num_classes)

@@ -9,7 +9,10 @@
   and folder names (``resnet32x4_best.pth``, ``resnet32x4_cifar100_lr_0.05_.../ckpt_epoch_240.pth``,
   student folders ``S:resnet8x4_T:...``, CA-MKD's ``S~...``); the longest registered name wins.
 - ``load_model(path, arch=None, num_classes=None, ...)``: builds the architecture with the
-  checkpoint's class count, loads strictly, returns it in eval mode.
+  checkpoint's class count, loads strictly, returns it in eval mode. CA-MKD trains torchvision's
+  ImageNet layouts on CIFAR under the names ResNet18/34/50/101, which in the CIFAR zoo (and
+  RepDistiller, mdistiller) are the ``resnetv2`` networks: a CIFAR checkpoint under such a name that
+  fits only the ImageNet zoo's network of that name loads into that one (``input_size`` 32).
 
 Everything that can go wrong is a ``CheckpointError`` (a ``ValueError``) with a one-line message
 that names the file and what did not match, so a script can print it instead of a traceback.
@@ -187,6 +190,40 @@ def num_classes_of(state_dict: Mapping) -> int:
     raise ValueError("no classifier weight (a 2-D '.weight' tensor) in the state_dict")
 
 
+def _build(table, name: str, n_cls: int, meta: Mapping, imagenet: bool) -> nn.Module:
+    """The registered network ``name`` for a checkpoint with ``n_cls`` classes and ``meta``."""
+    # a student trained at --student_img_size (a ViT is built for it; a CNN resizes its input)
+    size = meta.get("img_size") if isinstance(meta.get("img_size"), int) else None
+    takes_size = "img_size" in (imagenet_model_cfg if imagenet else model_cfg)[name].options
+    model = table[name](num_classes=n_cls, **({"img_size": size} if size and takes_size else {}))
+    if size:
+        model.input_resize = size
+    return model
+
+
+def _mismatch(expected: Mapping, sd: Mapping) -> Optional[str]:
+    """What keeps ``sd`` from loading strictly into a model whose state_dict is ``expected``, as one
+    phrase (earliest key first), or None when it fits."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or wrong):
+        return None
+    order = {k: i for i, k in enumerate(expected)}
+    order.update((k, i) for i, k in enumerate(sd) if k not in order)
+    parts = []                                    # (position of the first key, text): earliest first
+    if missing:
+        parts.append((order[missing[0]], f"missing keys {_few(missing)}"))
+    if unexpected:
+        parts.append((order[unexpected[0]], f"unexpected keys {_few(unexpected)}"))
+    if wrong:
+        k = wrong[0]
+        more = f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        parts.append((order[k], f"shape of {k} is {tuple(sd[k].shape)} in the file but "
+                                f"{tuple(expected[k].shape)} in the model{more}"))
+    return "; ".join(text for _, text in sorted(parts))
+
+
 def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = None,
                imagenet: bool = False, device="cpu") -> nn.Module:
     """Build the checkpoint's architecture, load its weights strictly, return it in eval mode."""
@@ -207,32 +244,19 @@ def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = No
     if num_classes is not None and int(num_classes) != n_cls:
         raise _fail(path, f"has {n_cls} classes, expected {int(num_classes)}")
 
-    # a student trained at --student_img_size (a ViT is built for it; a CNN resizes its input)
-    size = meta.get("img_size") if isinstance(meta.get("img_size"), int) else None
-    takes_size = "img_size" in (imagenet_model_cfg if imagenet else model_cfg)[name].options
-    model = table[name](num_classes=n_cls, **({"img_size": size} if size and takes_size else {}))
-    if size:
-        model.input_resize = size
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        order = {k: i for i, k in enumerate(expected)}
-        order.update((k, i) for i, k in enumerate(sd) if k not in order)
-        parts = []                                # (position of the first key, text): earliest first
-        if missing:
-            parts.append((order[missing[0]], f"missing keys {_few(missing)}"))
-        if unexpected:
-            parts.append((order[unexpected[0]], f"unexpected keys {_few(unexpected)}"))
-        if wrong:
-            k = wrong[0]
-            more = f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""
-            parts.append((order[k], f"shape of {k} is {tuple(sd[k].shape)} in the file but "
-                                    f"{tuple(expected[k].shape)} in the model{more}"))
+    model = _build(table, name, n_cls, meta, imagenet)
+    problems = _mismatch(model.state_dict(), sd)
+    if problems and not imagenet and name in imagenet_model_dict:
+        # CA-MKD trains torchvision-layout networks on CIFAR under names that RepDistiller gives
+        # its CIFAR ResNets (ResNet18/34/50/101): such a checkpoint fits the ImageNet zoo's network
+        with torch.device("meta"):                             # only the layout: no weights drawn
+            fits = _mismatch(_build(imagenet_model_dict, name, n_cls, meta, True).state_dict(), sd) is None
+        if fits:
+            model, problems = _build(imagenet_model_dict, name, n_cls, meta, True), None
+            model.input_size = model_cfg[name].input_size      # it was trained on CIFAR-sized images
+    if problems:
         hint = f" (its name suggests {guessed!r})" if arch and guessed and guessed != arch else ""
-        details = "; ".join(text for _, text in sorted(parts))
-        raise _fail(path, f"does not fit architecture {name!r}{hint}: {details}")
+        raise _fail(path, f"does not fit architecture {name!r}{hint}: {problems}")
     model.load_state_dict(sd, strict=True)
     model.arch = name
     return model.to(device).eval()

@@ -14,11 +14,10 @@ end with a linear bottleneck (no ReLU), so the ``preact`` features equal the pla
 """
 from __future__ import annotations
 
-import math
-
 import torch.nn as nn
 
 from .base import ZooModel
+from .blocks import init_weights, normal_fan_out
 from .registry import register_model
 
 
@@ -83,18 +82,7 @@ class MobileNetV2(ZooModel):
         self.conv2 = conv_bn_relu(input_channel, self.last_channel, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, conv=normal_fan_out, linear_std=0.01)
 
     def stage(self, i, x, preact=False):
         if i == 0:

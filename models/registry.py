@@ -30,26 +30,40 @@ imagenet_model_cfg: Dict[str, ModelCfg] = {}
 
 
 def register_model(name: str | None = None, *, family: str, input_size: int = 32,
-                   default_lr: float = 0.05, options: Tuple[str, ...] = ()):
-    """Register a constructor ``fn(num_classes=...) -> nn.Module`` under ``name``."""
+                   default_lr: float = 0.05, options: Tuple[str, ...] = (), cifar_lr: float | None = None):
+    """Register a constructor ``fn(num_classes=...) -> nn.Module`` under ``name``: in the ImageNet
+    zoo when ``input_size >= 128``, else in the CIFAR zoo.
+
+    ``cifar_lr`` (ImageNet models only) also puts the name in the CIFAR zoo, building the same
+    network with ``input_size`` 32 and ``cifar_lr`` as its default learning rate: for the
+    224-px networks that CA-MKD's scripts take from its one model_dict and train on CIFAR-100
+    (``vgg8_imagenet``, ``ShuffleV2_Imagenet``, ...)."""
     def wrap(fn):
         key = name or fn.__name__
-        table, cfgs = (imagenet_model_dict, imagenet_model_cfg) if input_size >= 128 \
-            else (model_dict, model_cfg)
-        if key in table:
-            raise ValueError(f"model {key!r} is registered twice")
-
-        def build(num_classes: int = 100, **kwargs):
-            model = fn(num_classes=num_classes, **kwargs)
-            model.arch = key
-            model.input_size = getattr(model, "img_size", input_size)   # a ViT's own size
-            return model
-        build.__name__ = key
-        build.__doc__ = fn.__doc__
-        table[key] = build
-        cfgs[key] = ModelCfg(key, family, input_size, default_lr, tuple(options))
+        imagenet = input_size >= 128
+        if cifar_lr is not None and not imagenet:
+            raise ValueError(f"model {key!r}: cifar_lr is for ImageNet models (input_size >= 128)")
+        _add(key, fn, family, input_size, default_lr, options, imagenet)
+        if cifar_lr is not None:
+            _add(key, fn, family, 32, cifar_lr, options, False)
         return fn
     return wrap
+
+
+def _add(key, fn, family, input_size, default_lr, options, imagenet):
+    table, cfgs = (imagenet_model_dict, imagenet_model_cfg) if imagenet else (model_dict, model_cfg)
+    if key in table:
+        raise ValueError(f"model {key!r} is registered twice")
+
+    def build(num_classes: int = 100, **kwargs):
+        model = fn(num_classes=num_classes, **kwargs)
+        model.arch = key
+        model.input_size = getattr(model, "img_size", input_size)   # a ViT's own size
+        return model
+    build.__name__ = key
+    build.__doc__ = fn.__doc__
+    table[key] = build
+    cfgs[key] = ModelCfg(key, family, input_size, default_lr, tuple(options))
 
 
 def model_names(imagenet: bool = False):

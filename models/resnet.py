@@ -1,62 +1,19 @@
 """CIFAR ResNets (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, Sec. 4.2).
 
 Three groups of residual blocks on 32x32 inputs, as in RepDistiller's ``resnet.py``: resnet8 ...
-resnet110 with 16/32/64 channels, and the 4x-wide resnet8x4/resnet32x4 with 64/128/256.
+resnet110 with 16/32/64 channels, the 4x-wide resnet8x4/resnet32x4 with 64/128/256, and CA-MKD's
+resnet20x4 (64/128/256) and resnet8x4_double (128/256/512). Global average pooling is a mean over
+the map (RepDistiller's ``AvgPool2d(8)`` assumes 32 px), so any input size works.
 Stages: 0 = conv1/bn1/relu, 1..3 = layer1..layer3. Features: the four stage outputs (post-ReLU,
 or each group's last block before its final ReLU with ``preact``), then the pooled vector.
 """
 from __future__ import annotations
 
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .base import ZooModel, run_blocks
+from .blocks import BasicBlock, Bottleneck, init_weights, last_bns, make_layer
 from .registry import register_model
-
-
-def conv3x3(in_planes, out_planes, stride=1):
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x, return_preact=False):
-        residual = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        preact = self.bn2(self.conv2(out)) + residual
-        out = F.relu(preact)
-        return (out, preact) if return_preact else out
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.downsample = downsample
-
-    def forward(self, x, return_preact=False):
-        residual = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        preact = self.bn3(self.conv3(out)) + residual
-        out = F.relu(preact)
-        return (out, preact) if return_preact else out
 
 
 class ResNet(ZooModel):
@@ -73,33 +30,15 @@ class ResNet(ZooModel):
         else:
             raise ValueError("block_name must be 'basicblock' or 'bottleneck'")
 
-        self.inplanes = num_filters[0]
         self.conv1 = nn.Conv2d(3, num_filters[0], kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(num_filters[0])
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(block, num_filters[1], n)
-        self.layer2 = self._make_layer(block, num_filters[2], n, stride=2)
-        self.layer3 = self._make_layer(block, num_filters[3], n, stride=2)
-        self.fc = nn.Linear(num_filters[3] * block.expansion, num_classes)
-
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def _make_layer(self, block, planes, blocks, stride=1):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        layers = [block(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        planes = num_filters[0]
+        self.layer1, planes = make_layer(block, planes, num_filters[1], n)
+        self.layer2, planes = make_layer(block, planes, num_filters[2], n, stride=2)
+        self.layer3, planes = make_layer(block, planes, num_filters[3], n, stride=2)
+        self.fc = nn.Linear(planes, num_classes)
+        init_weights(self)
 
     def stage(self, i, x, preact=False):
         if i == 0:
@@ -111,8 +50,7 @@ class ResNet(ZooModel):
         return nn.ModuleList([self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3])
 
     def get_bn_before_relu(self):
-        last = "bn3" if isinstance(self.layer1[0], Bottleneck) else "bn2"
-        return [getattr(layer[-1], last) for layer in (self.layer1, self.layer2, self.layer3)]
+        return last_bns((self.layer1, self.layer2, self.layer3))
 
 
 def _register(name, depth, filters):
@@ -132,3 +70,6 @@ resnet56 = _register("resnet56", 56, [16, 16, 32, 64])
 resnet110 = _register("resnet110", 110, [16, 16, 32, 64])
 resnet8x4 = _register("resnet8x4", 8, [32, 64, 128, 256])
 resnet32x4 = _register("resnet32x4", 32, [32, 64, 128, 256])
+# CA-MKD's additions (its models/resnet.py)
+resnet20x4 = _register("resnet20x4", 20, [32, 64, 128, 256])
+resnet8x4_double = _register("resnet8x4_double", 8, [64, 128, 256, 512])

@@ -14,12 +14,11 @@ the pooled vector.
 """
 from __future__ import annotations
 
-import math
-
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ZooModel
+from .blocks import init_weights, normal_fan_out
 from .registry import register_model
 
 # channels of the conv layers in block0..block4
@@ -58,18 +57,7 @@ class VGG(ZooModel):
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, conv=normal_fan_out, linear_std=0.01)
 
     @property
     def _blocks(self):

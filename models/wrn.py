@@ -13,12 +13,11 @@ unlike RepDistiller, that extra BN pass does not update the BN's running statist
 """
 from __future__ import annotations
 
-import math
-
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ZooModel, batch_norm_without_update
+from .blocks import init_weights, normal_fan_out
 from .registry import register_model
 
 
@@ -75,15 +74,7 @@ class WideResNet(ZooModel):
         self.fc = nn.Linear(channels[3], num_classes)
         self.nChannels = channels[3]
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, conv=normal_fan_out, linear_bias=True)
 
     def stage(self, i, x, preact=False):
         if i == 0:

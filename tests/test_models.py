@@ -208,7 +208,7 @@ def imagenet_model(name: str) -> ZooModel:
 
 
 def test_imagenet_registry():
-    assert set(IMAGENET) == set(imagenet_model_dict)
+    assert set(IMAGENET) <= set(imagenet_model_dict)      # the others: tests/test_models_zoo.py
     for name in IMAGENET:
         assert imagenet_model_cfg[name].input_size == 224
     # the CIFAR and ImageNet tables share names without clashing

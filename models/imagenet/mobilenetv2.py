@@ -8,12 +8,15 @@ Stages, grouped by resolution for a 224-px input: 0 = features[0:2] (112 px, 16 
 4 = features[14:18] (7 px, 320); ``pool`` is features[18] (1x1 conv to 1280, BN, ReLU6) plus
 global average pooling. Features: the five stage outputs, then the pooled 1280-vector. Inverted
 residual blocks end linearly (no activation), so the ``preact`` features equal the plain ones.
+CA-MKD's ``MobileNetV2_Imagenet`` (torchvision's code) is this network under another name; CA-MKD
+reports its features at ``features`` indices 1, 4, 7, 14, 18, this zoo at 2, 4, 7, 14, 18.
 """
 from __future__ import annotations
 
 import torch.nn as nn
 
 from ..base import ZooModel
+from ..blocks import init_weights
 from ..registry import register_model
 
 
@@ -81,17 +84,7 @@ class MobileNetV2(ZooModel):
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=0.01)
 
     def stage(self, i, x, preact=False):
         begin, end = self.STAGES[i]
@@ -115,4 +108,10 @@ class MobileNetV2(ZooModel):
 @register_model("MobileNetV2", family="mobilenetv2", input_size=224, default_lr=0.1)
 def mobilenet_v2(num_classes=1000):
     """ImageNet MobileNetV2, width 1.0 (torchvision layout)."""
+    return MobileNetV2(num_classes=num_classes)
+
+
+@register_model("MobileNetV2_Imagenet", family="mobilenetv2", input_size=224, default_lr=0.1, cifar_lr=0.01)
+def mobilenet_v2_imagenet(num_classes=1000):
+    """CA-MKD's ``MobileNetV2_Imagenet``: the same network as ``MobileNetV2`` of this zoo (torchvision's)."""
     return MobileNetV2(num_classes=num_classes)
