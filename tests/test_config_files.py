@@ -211,6 +211,15 @@ def test_given_flags_are_the_values_not_at_their_default():
     assert given_flags(parser, ns, kd_T=4) == {"gamma": 1.0, "teachers": ["a", "b"]}
 
 
+def test_trials_of_one_configuration_stay_one_configuration():
+    """given_flags hold each trial's own --trial: scripts/summarize.py still groups the trials."""
+    from helper.results import Run
+    a, b = (student_config("--trial", t, "--kd_T", "2") for t in ("0", "1"))
+    assert a.given_flags != b.given_flags
+    runs = [Run(str(i), dict(c.as_dict(), seed_used=i), [], None) for i, c in enumerate((a, b))]
+    assert runs[0].config() == runs[1].config()
+
+
 # -- a finished run's args.json, end to end -------------------------------------------------------
 @pytest.mark.slow
 def test_repeating_a_finished_run_from_its_args_json(tmp_path, capsys):
