@@ -134,10 +134,12 @@ def _type_name(value) -> str:
 def coerced(value, default, key: str):
     """``value`` for ``key`` if it has the default's type (or stands for it: list/tuple, None), as
     yacs checks; a one-line error otherwise."""
-    if type(value) is type(default) or value is None or default is None:
+    if type(value) is type(default) or (value is None and not isinstance(default, dict)) or default is None:
         return value
     if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
         return type(default)(value)
+    if isinstance(default, dict):
+        raise MdistillerConfigError(f"{key}: expected a section of keys ({', '.join(default)}), got {value!r}")
     raise MdistillerConfigError(f"{key}: expected {_type_name(default)} like mdistiller's default {default!r} "
                                 f"(yacs requires the default's type), got {value!r} ({_type_name(value)})")
 

@@ -170,7 +170,8 @@ def test_bad_keys_and_values_are_one_line_naming_the_key(teachers_here, capsys, 
 
 @pytest.mark.parametrize("text, needle", [
     ("SOLVER:\n  EPOCHS: 1.5\n", "SOLVER.EPOCHS: expected an int like mdistiller's default 240"),
-    ("SOLVER: 3\n", "SOLVER: expected a section like mdistiller's default"),
+    ("SOLVER: 3\n", "SOLVER: expected a section of keys (TRAINER, BATCH_SIZE, EPOCHS, LR, LR_DECAY_STAGES, "),
+    ("SOLVER:\n", "SOLVER: expected a section of keys (TRAINER, "),
     ("SOLVERS:\n  LR: 0.1\n", "SOLVERS: not a key of mdistiller's configuration (did you mean SOLVER?)"),
     ("KD:\n  TEMPERATURE: !!python/object/apply:os.system ['echo x']\n", "is not allowed (configuration files are "
                                                                          "data"),
