@@ -23,7 +23,8 @@ import sys
 import distiller_zoo.defaults
 from dataset import add_data_arguments
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
-from helper import config_files, cuda_graphs, distributed, mdistiller_config, reference_flags, spot_adaptive, student_config
+from helper import (config_files, cuda_graphs, distributed, mdistiller_config, reference_flags, spot_adaptive,
+                    student_config)
 from helper.errors import RunError
 from helper.manifest import ManifestError, manifest_path, teacher_names
 from helper.objective import split_logit_stand

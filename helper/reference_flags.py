@@ -26,7 +26,6 @@ None of them changes a result: they are in ``run_identity.NOT_RESULT``. ``-t`` (
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from dataclasses import dataclass

@@ -1,7 +1,6 @@
 """``--config FILE.yaml|.json`` on both scripts (issue 27 item 3): keys named as the flags, the command
 line wins, a finished run's ``args.json`` repeats that run, bad files are one line, YAML is data."""
 import json
-import os
 
 import pytest
 import torch

@@ -18,7 +18,6 @@ import torch
 import train_student
 import train_teacher
 from helper import mdistiller_config
-from helper.mdistiller_config import MdistillerConfigError
 from helper.run_identity import config_hash, parser_defaults, student_identity
 from models import get_model_cfg, model_dict
 
