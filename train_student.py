@@ -23,7 +23,8 @@ import sys
 import distiller_zoo.defaults
 from dataset import add_data_arguments
 from distiller_zoo.registry import DISTILLERS, ENSEMBLES
-from helper import cuda_graphs, distributed, spot_adaptive, student_config
+from helper import (config_files, cuda_graphs, distributed, mdistiller_config, reference_flags, spot_adaptive,
+                    student_config)
 from helper.errors import RunError
 from helper.manifest import ManifestError, manifest_path, teacher_names
 from helper.objective import split_logit_stand
@@ -34,6 +35,7 @@ from helper.student_run import StudentRun, TeacherSpec
 from models import model_dict
 
 PROG = "train_student.py"
+STAND_WORDS = {"logit_stand": ("both",)}        # a configuration file may say logit_stand: both
 
 
 def build_parser():
@@ -96,15 +98,23 @@ def build_parser():
     add_optimization_arguments(parser)
     cuda_graphs.add_arguments(parser)
     add_run_arguments(parser)
+    config_files.add_argument(parser)
+    mdistiller_config.add_argument(parser)
+    reference_flags.add_arguments(parser, student=True)
     return parser
 
 
 def parse_args(argv=None, parser=None) -> student_config.StudentPlan:
-    """The students of a command line, each with its frozen configuration (a bad flag exits with
-    one line, status 2)."""
+    """The students of a command line (with its ``--config`` files' flags first), each with its
+    frozen configuration (a bad flag exits with one line, status 2); CA-MKD's and RepDistiller's
+    flags that work another way here print one note each (``helper.reference_flags``)."""
     parser = parser or build_parser()
-    argv, stand_values = split_logit_stand(sys.argv[1:] if argv is None else argv)
-    return student_config.resolve(parser, parser.parse_args(argv), stand_values)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ns, stand_values = config_files.parse(parser, argv, split=split_logit_stand, words=STAND_WORDS)
+    choice = reference_flags.resolve(parser, ns, argv, PROG)
+    plan = student_config.resolve(parser, ns, stand_values, device=choice.device)
+    reference_flags.announce(choice.notes, PROG)
+    return plan
 
 
 def resolve_teachers(parser, config):

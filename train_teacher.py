@@ -19,7 +19,7 @@ import sys
 
 from dataset import add_data_arguments
 from distiller_zoo.registry import CLASSIFICATION_LOSSES
-from helper import cuda_graphs, distributed, teacher_config
+from helper import config_files, cuda_graphs, distributed, reference_flags, teacher_config
 from helper.errors import RunError
 from helper.manifest import ManifestError, manifest_path, read_manifest
 from helper.options import OneLineParser, add_optimization_arguments, add_run_arguments
@@ -43,14 +43,23 @@ def build_parser():
     add_data_arguments(parser)
     add_optimization_arguments(parser)
     cuda_graphs.add_arguments(parser)
-    add_run_arguments(parser)
+    add_run_arguments(parser, short_trial=True)          # -t: RepDistiller's and CA-MKD's
+    config_files.add_argument(parser)
+    reference_flags.add_arguments(parser, student=False)
     return parser
 
 
 def parse_args(argv=None, parser=None):
-    """Each trial's frozen configuration (a bad flag exits with one line, status 2)."""
+    """Each trial's frozen configuration, from the command line with its ``--config`` files' flags
+    first (a bad flag exits with one line, status 2); CA-MKD's and RepDistiller's flags that work
+    another way here print one note each (``helper.reference_flags``)."""
     parser = parser or build_parser()
-    return teacher_config.resolve(parser, parser.parse_args(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ns, _ = config_files.parse(parser, argv)
+    choice = reference_flags.resolve(parser, ns, argv, PROG)
+    trials = teacher_config.resolve(parser, ns, device=choice.device)
+    reference_flags.announce(choice.notes, PROG)
+    return trials
 
 
 def main(argv=None):

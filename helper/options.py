@@ -91,9 +91,11 @@ def add_optimization_arguments(parser: argparse.ArgumentParser):
                         "RandAugment + Cutout, MLKD's strong view)")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser):
+def add_run_arguments(parser: argparse.ArgumentParser, short_trial: bool = False):
+    """``short_trial``: ``-t`` for ``--trial`` too (RepDistiller's and CA-MKD's ``train_teacher.py``)."""
     g = parser.add_argument_group("run")
-    g.add_argument("--trial", type=label, default="0", help="trial label; also selects the seed")
+    g.add_argument("--trial", *(["-t"] if short_trial else []), type=label, default="0",
+                   help="trial label; also selects the seed")
     g.add_argument("--seed", type=int, default=0, help="base seed; a trial's seed is seed + trial")
     g.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -159,16 +161,17 @@ def resolve_device(parser, name) -> str:
     return str(device)
 
 
-def resolve_common(parser, ns, default_lr: float) -> dict:
+def resolve_common(parser, ns, default_lr: float, device=None) -> dict:
     """The shared flags checked and their derived values (``ns`` is not changed): the model's
     default learning rate, the decay milestones as integers, the device and what follows from it
-    (``--amp``, ``--channels_last``), and the command line for the record."""
+    (``--amp``, ``--channels_last``), and the command line for the record. ``device``: the device
+    asked for when it is not ``--device``'s (CA-MKD's ``--gpu_id``: ``helper.reference_flags``)."""
     if ns.resume and ns.overwrite:
         fail(parser, "--resume continues a run and --overwrite replaces it: give one of them")
     learning_rate = default_lr if ns.learning_rate is None else ns.learning_rate
     if ns.min_lr >= learning_rate:
         fail(parser, f"--min_lr must be below --learning_rate, got {ns.min_lr} >= {learning_rate}")
-    device = resolve_device(parser, ns.device)
+    device = resolve_device(parser, ns.device if device is None else device)
     cuda = device.startswith("cuda")
     return dict(learning_rate=learning_rate, lr_decay_epochs=parse_decay_epochs(parser, ns.lr_decay_epochs),
                 device=device, amp=cuda if ns.amp is None else ns.amp,

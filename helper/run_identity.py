@@ -34,6 +34,11 @@ NOT_RESULT = frozenset({
     # the students trained alongside (train_student.py's groups): a student in a group is
     # bit-identical to its solo run, so the group is no part of its configuration
     "group",
+    # where the flags came from (--config files, tools/train.py's mdistiller file) and CA-MKD's /
+    # RepDistiller's flags that change nothing here or only the device (helper/reference_flags.py)
+    "config", "mdistiller_cfg", "gpu_id", "multiprocessing_distributed", "dist_url", "dali", "tb_freq", "c_embed",
+    # the record of the flags as given (helper/config_files.py): the resolved settings say the run
+    "given_flags",
 })
 
 # The result settings of train_teacher.py and train_student.py when the hash was introduced: they

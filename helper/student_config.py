@@ -18,6 +18,7 @@ from models import get_model_cfg, imagenet_model_dict, model_dict
 
 from . import distributed
 from .config import RunConfig
+from .config_files import given_flags
 from .distributed import DistContext
 from .execution import backend_description
 from .objective import loader_views, parse_distill, resolve_objective, student_choices
@@ -85,14 +86,16 @@ def teacher_count(parser, ns) -> int:
 
 
 def resolve(parser, ns, stand_values: Optional[Sequence[bool]] = None,
-            ctx: Optional[DistContext] = None) -> StudentPlan:
+            ctx: Optional[DistContext] = None, device: Optional[str] = None) -> StudentPlan:
     """Every student's frozen configuration from the parsed flags ``ns`` (see the module docstring);
     ``stand_values`` is ``[False, True]`` for ``--logit-stand both``; ``ctx`` this process's place
-    in a torchrun job (default: read from the environment)."""
+    in a torchrun job (default: read from the environment); ``device`` the device asked for when it
+    is not ``--device``'s (``--gpu_id``). Each configuration's ``given_flags`` records the flags of
+    that student as given (``helper.config_files``: what ``--config args.json`` reads back)."""
     ctx = distributed.context_from_env() if ctx is None else ctx
     check_models(parser, ns)
     imagenet = ns.dataset == "imagenet"
-    common = resolve_common(parser, ns, default_lr=get_model_cfg(ns.model_s, imagenet).default_lr)
+    common = resolve_common(parser, ns, default_lr=get_model_cfg(ns.model_s, imagenet).default_lr, device=device)
     teacher_num = teacher_count(parser, ns)
     try:
         choices = student_choices(ns.distill, ns.ensemble_method, ns.logit_stand, stand_values)
@@ -110,15 +113,16 @@ def resolve(parser, ns, stand_values: Optional[Sequence[bool]] = None,
     base = base.replace(backend_mode=backend_description(base.deterministic, base.device))
     given = {name for name in WEIGHT_FLAGS if getattr(ns, name) is not None}
     members: List[StudentConfig] = []
-    for distill, method, stand in choices:
-        method = method or ("CAMKD" if teacher_num > 1 else "AVERAGE_LOSS")
+    for distill, asked, stand in choices:
+        method = asked or ("CAMKD" if teacher_num > 1 else "AVERAGE_LOSS")
         for strategy, flag in [(method, "--ensemble_method ")] + [(e, f"--distill {n}@")
                                                                    for n, _, e in parse_distill(distill) if e]:
             need = ENSEMBLES[strategy].min_teachers
             if teacher_num < need:
                 fail(parser, f"{flag}{strategy} needs at least {need} teachers, got --teacher_num {teacher_num}")
-        config, notes = resolve_objective(base.replace(distill=distill, ensemble_method=method, logit_stand=stand),
-                                          given)
+        flags = given_flags(parser, ns, distill=distill, ensemble_method=asked, logit_stand=stand)
+        config, notes = resolve_objective(base.replace(distill=distill, ensemble_method=method, logit_stand=stand,
+                                                       given_flags=flags), given)
         views, with_index = loader_views(distill, config.train_view)
         members.append(StudentConfig(config, (f"==> objective: {config.objective}" + ("; " + "; ".join(notes)
                                                                                      if notes else ""),),

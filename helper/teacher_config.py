@@ -7,6 +7,7 @@ from models import get_model_cfg, imagenet_model_dict, model_dict
 
 from . import distributed
 from .config import RunConfig
+from .config_files import given_flags
 from .distributed import DistContext
 from .execution import backend_description
 from .options import fail, is_label, model_options, resolve_common
@@ -32,15 +33,18 @@ def parse_trials(parser, trials: Optional[str], trial: str) -> List[str]:
     return labels
 
 
-def resolve(parser, ns, ctx: Optional[DistContext] = None) -> Tuple[RunConfig, ...]:
-    """One frozen configuration per trial (``--trials``), from the parsed flags ``ns``."""
+def resolve(parser, ns, ctx: Optional[DistContext] = None, device: Optional[str] = None) -> Tuple[RunConfig, ...]:
+    """One frozen configuration per trial (``--trials``), from the parsed flags ``ns``; ``device``
+    the device asked for when it is not ``--device``'s (``--gpu_id``). Each trial's ``given_flags``
+    records its flags as given, with its own ``--trial`` and without ``--trials`` (so that ``--config
+    args.json`` repeats that trial)."""
     ctx = distributed.context_from_env() if ctx is None else ctx
     imagenet = ns.dataset == "imagenet"
     table = imagenet_model_dict if imagenet else model_dict
     if ns.model not in table:
         fail(parser, f"--model {ns.model!r} is not a {'ImageNet' if imagenet else 'CIFAR-sized'} model; "
                      f"expected one of: {', '.join(sorted(table))}")
-    common = resolve_common(parser, ns, default_lr=get_model_cfg(ns.model, imagenet).default_lr)
+    common = resolve_common(parser, ns, default_lr=get_model_cfg(ns.model, imagenet).default_lr, device=device)
     try:
         model_options(ns.drop_path, ns.model, imagenet)
         per_rank = distributed.rank_settings(ctx, common["device"], ns.batch_size)
@@ -49,4 +53,4 @@ def resolve(parser, ns, ctx: Optional[DistContext] = None) -> Tuple[RunConfig, .
     trials = parse_trials(parser, ns.trials, ns.trial)
     base = RunConfig.from_namespace(ns, **common, **per_rank, trial_list=trials)
     base = base.replace(backend_mode=backend_description(base.deterministic, base.device))
-    return tuple(base.replace(trial=t) for t in trials)
+    return tuple(base.replace(trial=t, given_flags=given_flags(parser, ns, trial=t, trials=None)) for t in trials)
