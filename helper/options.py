@@ -7,9 +7,9 @@ Every validation failure is one line that names the flag and what was expected.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
-import zlib
 
 import torch
 
@@ -37,17 +37,76 @@ LABEL_CHARS = "-_.=~"
 
 
 def is_label(text: str) -> bool:
-    """Letters, digits and - _ . = ~, not starting with '.' (so never '..' or a hidden name)."""
-    return bool(text) and not text.startswith(".") and all(ch.isalnum() or ch in LABEL_CHARS for ch in text)
+    """ASCII letters, digits and - _ . = ~, not starting with '.' (so never '..' or a hidden name).
+    ASCII only: a non-ASCII digit such as '\u0663' would read as a number (``int`` takes it)."""
+    return (bool(text) and text.isascii() and not text.startswith(".")
+            and all(ch.isalnum() or ch in LABEL_CHARS for ch in text))
 
 
 def label(text) -> str:
     """A name that becomes part of a folder name (--trial, --tag): no '/', no '..', no spaces."""
     text = str(text)
     if not is_label(text):
-        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits and {' '.join(LABEL_CHARS)} only, "
+        raise argparse.ArgumentTypeError(f"{text!r}: use ASCII letters, digits and {' '.join(LABEL_CHARS)} only, "
                                          f"not starting with '.' (it names a folder)")
     return text
+
+
+# -- seeds -----------------------------------------------------------------------------------------
+# A trial's seed is ``--seed`` + an offset that is distinct for every trial label: a trial number
+# (0, 1, 2 ...: CA-MKD's and RepDistiller's trials) is its own offset, below 2**32; any other label
+# is hashed into [2**32, 2**32 + 2**62), so it never meets a number and two labels meet with
+# probability about 2**-62. With ``--seed`` below 2**32 every seed stays below 2**63, inside the
+# range of ``torch.manual_seed`` and of the data loaders' generators.
+SEED_LIMIT = 2 ** 32          # --seed and trial numbers lie in 0 .. SEED_LIMIT - 1
+LABEL_OFFSET = 2 ** 32        # where the offsets of non-numeric trial labels begin
+LABEL_HASH_BITS = 62
+
+
+def seed_number(text) -> int:
+    """--seed: an integer in 0 .. 2**32 - 1, written in ASCII digits."""
+    text = str(text).strip()
+    if not (text.isascii() and text.isdigit()) or int(text) >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_LIMIT - 1} in ASCII digits, "
+                                         f"got {text!r}")
+    return int(text)
+
+
+def trial_problem(text: str):
+    """Why ``text`` cannot be a trial label (None if it can): it must be a label (``is_label``), and
+    a label that reads as a number must be the plain number: no sign, no leading zero ('03' and
+    '3' would be one seed), at most 2**32 - 1."""
+    if not is_label(text):
+        return (f"use ASCII letters, digits and {' '.join(LABEL_CHARS)} only, not starting with '.' "
+                f"(it names a folder)")
+    number = text[1:] if text[:1] in "+-" else text
+    if number.isdigit():
+        if text != number:
+            return "a trial number has no sign (trials are numbered from 0)"
+        if len(text) > 1 and text.startswith("0"):
+            return f"write the trial number without leading zeros ({int(text)}): each trial has its own seed"
+        if int(text) >= SEED_LIMIT:
+            return f"trial numbers go up to {SEED_LIMIT - 1} (a longer label needs a letter)"
+    return None
+
+
+def trial_label(text) -> str:
+    """--trial: a label (``label``) whose seed no other label shares (``trial_problem``)."""
+    text = str(text)
+    problem = trial_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return text
+
+
+def trial_offset(trial: str) -> int:
+    """A trial label's offset from --seed: the trial number itself, or, for any other label,
+    2**32 + a 62-bit SHA-256 hash of it (see ``SEED_LIMIT``)."""
+    trial = str(trial)
+    if trial.isascii() and trial.isdigit():
+        return int(trial)
+    digest = hashlib.sha256(trial.encode("utf-8")).digest()
+    return LABEL_OFFSET + (int.from_bytes(digest[:8], "big") >> (64 - LABEL_HASH_BITS))
 
 
 def optional_label(text) -> str:
@@ -94,9 +153,11 @@ def add_optimization_arguments(parser: argparse.ArgumentParser):
 def add_run_arguments(parser: argparse.ArgumentParser, short_trial: bool = False):
     """``short_trial``: ``-t`` for ``--trial`` too (RepDistiller's and CA-MKD's ``train_teacher.py``)."""
     g = parser.add_argument_group("run")
-    g.add_argument("--trial", *(["-t"] if short_trial else []), type=label, default="0",
-                   help="trial label; also selects the seed")
-    g.add_argument("--seed", type=int, default=0, help="base seed; a trial's seed is seed + trial")
+    g.add_argument("--trial", *(["-t"] if short_trial else []), type=trial_label, default="0",
+                   help="trial label (a number, or letters and digits); also selects the seed")
+    g.add_argument("--seed", type=seed_number, default=0,
+                   help="base seed (0 to 2**32 - 1); a trial's seed is seed + trial (a non-numeric trial "
+                        "label: seed + a hash of it, never the seed of a trial number)")
     g.add_argument("--device", type=str, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (bf16 where supported, else fp16 with a scaler); default on for CUDA")
@@ -108,6 +169,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, short_trial: bool = False
                         "must equal the saved ones; see the README)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a finished or interrupted run in the same folder (its files are deleted)")
+    g.add_argument("--take_over_lock", action="store_true",
+                   help="take over a run folder's lock that a run on another host left (a job stopped there "
+                        "and moved here); never one that a live process holds on a file system with OS locks")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms (reproducible on GPU, slower)")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
@@ -143,10 +207,9 @@ def parse_decay_epochs(parser, text: str):
 
 
 def trial_seed(base_seed: int, trial: str) -> int:
-    """The seed of a trial: base + trial number, or base + a stable hash for non-numeric labels."""
-    trial = str(trial)
-    offset = int(trial) if trial.lstrip("-").isdigit() else zlib.crc32(trial.encode()) % 100_000
-    return base_seed + offset
+    """The seed of a trial: ``--seed`` + the trial's offset (``trial_offset``: the trial number, or
+    a hash of a non-numeric label in a range of its own)."""
+    return int(base_seed) + trial_offset(trial)
 
 
 def resolve_device(parser, name) -> str:

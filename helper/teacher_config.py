@@ -10,26 +10,30 @@ from .config import RunConfig
 from .config_files import given_flags
 from .distributed import DistContext
 from .execution import backend_description
-from .options import fail, is_label, model_options, resolve_common
+from .options import fail, model_options, resolve_common, trial_problem
+
+
+MAX_TRIAL_COUNT = 10_000
 
 
 def parse_trials(parser, trials: Optional[str], trial: str) -> List[str]:
-    """``--trials`` as labels: a count N (0..N-1) or a list ``0,1,2``; else ``[--trial]``."""
+    """``--trials`` as labels: a count N (0..N-1) or a list ``0,1,2``; else ``[--trial]``. Each label
+    is a trial label (``options.trial_problem``: its own seed)."""
     if trials is None:
         return [str(trial)]
     text = trials.strip()
-    if text.isdigit() and "," not in text:
+    if text.isascii() and text.isdigit() and "," not in text:
         count = int(text)
-        if count < 1:
-            fail(parser, f"--trials count must be positive, got {text}")
+        if not 1 <= count <= MAX_TRIAL_COUNT:
+            fail(parser, f"--trials count must be from 1 to {MAX_TRIAL_COUNT}, got {text}")
         return [str(i) for i in range(count)]
     labels = [t.strip() for t in text.split(",") if t.strip()]
     if not labels or len(set(labels)) != len(labels):
         fail(parser, f"--trials expects a count or distinct comma-separated labels like 0,1,2, got {text!r}")
-    bad = [t for t in labels if not is_label(t)]
-    if bad:
-        fail(parser, f"--trials label {bad[0]!r}: use letters, digits and - _ . = ~ only, not starting with "
-                     f"'.' (it names a folder)")
+    for t in labels:
+        problem = trial_problem(t)
+        if problem:
+            fail(parser, f"--trials label {t!r}: {problem}")
     return labels
 
 
