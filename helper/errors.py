@@ -8,6 +8,8 @@ loss, a full disk).
 """
 from __future__ import annotations
 
+import os
+
 
 class RunError(Exception):
     """One line saying why the run stops, and the exit status ``main`` returns."""
@@ -32,3 +34,11 @@ class NonFiniteLoss(RunError, RuntimeError):
     """A training loss was NaN or infinite; the message names the epoch and step."""
 
     code = 1
+
+
+def named_os_error(exc: OSError, path: str) -> OSError:
+    """``exc`` as an OSError of the same kind that names ``path``: a failed write to an open file,
+    or to a temporary file, names no file or the wrong one."""
+    if exc.errno is None:
+        return OSError(f"{path}: {exc}")
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), path)   # the errno's subclass

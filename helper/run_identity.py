@@ -26,7 +26,8 @@ from .runlog import to_jsonable
 # channels_last, fused teachers, compile, deterministic kernels) change floating-point details
 # only; they follow the device, which may change on resume.
 NOT_RESULT = frozenset({
-    "help", "print_freq", "save_freq", "quiet", "resume", "overwrite", "save_dir", "device", "num_workers",
+    "help", "print_freq", "save_freq", "quiet", "resume", "overwrite", "take_over_lock", "save_dir", "device",
+    "num_workers",
     "epochs", "data_folder", "download", "verify", "skip_validation", "tag", "amp", "channels_last",
     "fuse_teachers", "fold_bn", "compile", "deterministic", "command", "backend_mode", "trials", "trial_list",
     # teachers are identified by what their checkpoints hold (teacher_digests), not by name or path
@@ -163,12 +164,13 @@ def file_digest(path: str) -> str:
 def teacher_identity(parser, config):
     """``(folder name, result settings)`` of a teacher trial: RepDistiller's
     ``<model>_<dataset>_lr_<lr>_decay_<wd>_trial_<t>``, then every result flag not at its default
-    (``seed~5``, ``loss~focal``, ``cosine`` ...)."""
+    (``seed~5``, ``loss~focal``, ``cosine`` ...), then ``--tag``."""
     settings = result_settings(parser, config)
     name = folder_safe(f"{config.model}_{config.dataset}_lr_{config.learning_rate}_decay_{config.weight_decay}"
                        f"_trial_{config.trial}")
     parts = [name] + changed_flags(parser, config, skip=("model", "dataset", "learning_rate", "weight_decay",
                                                           "trial"))
+    parts += [config.tag] if config.tag else []
     return bounded("_".join(parts), settings, parser_defaults(parser)), settings
 
 

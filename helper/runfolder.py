@@ -3,21 +3,26 @@
 - **Ownership.** A run holds the folder's lock (``helper.run_lock``) while it writes. A new run is
   refused in a folder that holds an earlier run (``--resume``, another ``--tag``, or
   ``--overwrite``); a folder whose earlier start wrote no checkpoint holds nothing worth keeping
-  and is reused.
+  and is reused. ``claim_all`` locks every folder of a run (the students of a group) before it
+  changes any: if one cannot be taken, the others are let go and the folders it made removed; a
+  start that fails before training (``FolderClaim.abandon``) leaves no folder of a new run behind.
 - **Resume.** ``--resume`` compares the result settings (``helper.run_identity``) with the saved
   ``args.json`` and refuses any difference, listing the flags; what may change is exactly
-  ``run_identity.NOT_RESULT``.
+  ``run_identity.NOT_RESULT``. The seed the run started with must be the one derived now, and
+  ``metrics.jsonl`` must be intact (only a last line cut short by a kill may be dropped).
 """
 from __future__ import annotations
 
 import glob
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import RunFolderError
 from .run_identity import differences
 from .run_lock import LOCK_NAME, RunLock
+from .runlog import read_metrics_file
 
 # files that mean "a run lives here" (a start that wrote none of these left nothing worth keeping)
 RUN_CONTENT = ("*.pth", "summary.json")
@@ -56,7 +61,7 @@ def remove_stale_temporaries(run_dir: str):
         for path in glob.glob(os.path.join(glob.escape(run_dir), pattern)):
             try:
                 os.remove(path)
-            except OSError:
+            except FileNotFoundError:
                 pass
 
 
@@ -77,27 +82,80 @@ def check_free(run_dir: str, overwrite: bool):
             f"--resume, start a separate run with --tag NAME, or replace it with --overwrite")
 
 
-def claim(run_dir: str, *, resume: bool, overwrite: bool, log=None) -> RunLock:
-    """Lock ``run_dir`` for this run. A fresh run is refused where an earlier run lives unless
-    ``overwrite`` (then that run's files are deleted); a resumed run needs the folder to exist.
-    Stale temporaries of a killed writer are removed. Returns the held lock."""
-    if not resume:
-        os.makedirs(run_dir, exist_ok=True)
-    elif not os.path.isdir(run_dir):
-        raise RunFolderError(f"--resume: nothing to resume: no run folder {run_dir}")
-    lock = RunLock(run_dir).acquire()
+@dataclass
+class FolderClaim:
+    """A run folder this start holds: its lock, whether the start is a new run (not a resume) and
+    whether it made the folder."""
+    run_dir: str
+    lock: RunLock
+    fresh: bool
+    created: bool
+
+    def release(self):
+        self.lock.release()
+
+    def abandon(self):
+        """The start failed before it trained: a new run's files (the folder held no run, or
+        ``--overwrite`` had deleted it) and the folder it made are removed; a resumed run's folder
+        is kept as it is. The lock is released."""
+        try:
+            if self.fresh and self.lock.held and not holds_run(self.run_dir):
+                clear_folder(self.run_dir)
+        finally:
+            self.lock.release()
+        _remove_made_folder(self.run_dir, self.fresh and self.created)
+
+
+def _remove_made_folder(run_dir: str, made: bool):
+    if made:
+        try:
+            os.rmdir(run_dir)
+        except OSError:              # something else put a file there meanwhile: keep the folder
+            pass
+
+
+def claim_all(requests: Sequence[Tuple[str, bool, bool]], *, take_over: bool = False, log=None) -> List[FolderClaim]:
+    """Lock the folders ``[(run_dir, resume, overwrite)]`` of one run, then prepare them: stale
+    temporaries of a killed writer are removed; a new run is refused where an earlier run lives
+    unless ``overwrite`` (then that run's files are deleted, once every folder is locked and
+    checked); a resumed run needs its folder. If any folder cannot be taken, those taken are let go
+    (and the folders made removed) before the error goes on. Returns the claims."""
+    claims: List[FolderClaim] = []
     try:
-        remove_stale_temporaries(run_dir)
-        if not resume:
-            check_free(run_dir, overwrite)
-            if holds_run(run_dir):
-                if log:
-                    log(f"==> --overwrite: deleting the earlier run's files in {run_dir}")
-            clear_folder(run_dir)
+        for run_dir, resume, _ in requests:
+            created = False
+            if not resume:
+                created = not os.path.isdir(run_dir)
+                os.makedirs(run_dir, exist_ok=True)
+            elif not os.path.isdir(run_dir):
+                raise RunFolderError(f"--resume: nothing to resume: no run folder {run_dir}")
+            try:
+                lock = RunLock(run_dir).acquire(take_over=take_over, resume=resume)
+            except BaseException:
+                _remove_made_folder(run_dir, created)
+                raise
+            claims.append(FolderClaim(run_dir, lock, not resume, created))
+            if lock.taken_over and log:
+                log(f"==> took over the lock of {run_dir} from {lock.taken_over}")
+        for claim, (_, _, overwrite) in zip(claims, requests):
+            remove_stale_temporaries(claim.run_dir)
+            if claim.fresh:
+                check_free(claim.run_dir, overwrite)
+        for claim in claims:
+            if claim.fresh:
+                if holds_run(claim.run_dir) and log:
+                    log(f"==> --overwrite: deleting the earlier run's files in {claim.run_dir}")
+                clear_folder(claim.run_dir)
     except BaseException:
-        lock.release()
+        for claim in claims:
+            claim.abandon()
         raise
-    return lock
+    return claims
+
+
+def claim(run_dir: str, *, resume: bool, overwrite: bool, take_over: bool = False, log=None) -> FolderClaim:
+    """``claim_all`` for one folder."""
+    return claim_all([(run_dir, resume, overwrite)], take_over=take_over, log=log)[0]
 
 
 # -- resume ---------------------------------------------------------------------------------------
@@ -117,11 +175,13 @@ def read_saved_args(run_dir: str) -> Optional[Dict[str, Any]]:
 
 
 def check_resume(parser, run_dir: str, now: Dict[str, Any], identity: Sequence[str] = (),
-                 missing_ok: bool = False) -> bool:
+                 missing_ok: bool = False, seed: Optional[int] = None) -> bool:
     """Refuse a --resume whose result settings differ from the run's saved ones. When ``run_dir``
     does not exist (the settings changed the folder name), a sibling run with the same
     ``identity`` keys (e.g. model, dataset, trial) is compared instead, so the error lists the flags.
-    Returns False when there is nothing at all to resume and ``missing_ok`` (else that is an error)."""
+    ``seed``: the seed this start derives, which must be the saved ``seed_used``. A corrupt line in
+    the middle of ``metrics.jsonl`` is refused too. Returns False when there is nothing at all to
+    resume and ``missing_ok`` (else that is an error)."""
     saved = read_saved_args(run_dir) if os.path.isdir(run_dir) else None
     where = run_dir
     if saved is None and not os.path.isdir(run_dir):
@@ -152,4 +212,11 @@ def check_resume(parser, run_dir: str, now: Dict[str, Any], identity: Sequence[s
                              "without --resume)")
     if where != run_dir:
         raise RunFolderError(f"--resume: nothing to resume in {run_dir}")
+    used = saved.get("seed_used")
+    if seed is not None and isinstance(used, int) and used != seed:
+        raise RunFolderError(f"--resume: the run in {run_dir} was started with seed {used} (seed_used in its "
+                             f"args.json); trial {now.get('trial')!r} now has seed {seed} (an earlier version "
+                             f"derived seeds of trial labels that are not numbers otherwise): it cannot continue "
+                             f"exactly; start it over with --overwrite")
+    read_metrics_file(os.path.join(run_dir, "metrics.jsonl"))      # a corrupt line: a one-line error
     return True
