@@ -6,16 +6,39 @@ They are written to a temporary file in the same folder and renamed into place, 
 mid-write leaves the previous checkpoint intact (a ``kill -9`` can leave the temporary file: the
 next start of that run removes it, see ``helper.runfolder``). Files get the permissions of any
 other file the user creates (0666 less the umask), not mkstemp's 0600.
+
+A write that fails raises an ``OSError`` naming the file it was for (not the temporary), with the
+system's reason, also where ``torch.save`` would wrap it in a ``RuntimeError`` ("unexpected pos"):
+a full disk is one line (``helper.stop_messages.disk_message``), never a traceback.
 """
 from __future__ import annotations
 
 import os
 import secrets
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
-from .errors import ResumeError
+from .errors import ResumeError, named_os_error
+
+
+class _RecordingFile:
+    """A file object that remembers the first OSError of its ``write`` (``torch.save`` replaces it
+    by a RuntimeError that no longer says what the system reported)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self):
+        return self.f.flush()
 
 
 def _write_atomically(path: str, write: Callable, prefix: str, suffix: str, binary: bool):
@@ -28,17 +51,27 @@ def _write_atomically(path: str, write: Callable, prefix: str, suffix: str, bina
             break
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise named_os_error(exc, path) from None
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
+            recording = _RecordingFile(f)
+            try:
+                write(recording)
+            except RuntimeError:
+                if recording.error is None:
+                    raise
+                raise recording.error from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:            # a full disk, Ctrl-C: no partial temporary file is left
+    except BaseException as exc:     # a full disk, Ctrl-C: no partial temporary file is left
         try:
             os.remove(tmp)
-        except OSError:
+        except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise named_os_error(exc, path) from None
         raise
 
 
@@ -74,10 +107,11 @@ def set_rng_state(state: Dict[str, Any]):
 RESUME_KEYS = ("model", "optimizer", "epoch", "best", "rng")
 
 
-def load_for_resume(path: str, expect: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def load_for_resume(path: str, expect: Optional[Dict[str, Any]] = None, epochs: Optional[int] = None) -> Dict[str, Any]:
     """The checkpoint to continue from; a one-line ``ResumeError`` when there is none, it is
-    unreadable, was written by another program (RepDistiller: no ``best``/``rng``), or belongs to
-    another run (``expect``: arch, num_classes, dataset... that must match its meta entries)."""
+    unreadable, was written by another program (RepDistiller: no ``best``/``rng``), belongs to
+    another run (``expect``: arch, num_classes, dataset... that must match its meta entries), or
+    holds more epochs than ``epochs`` (a run is never relabelled shorter than it is)."""
     if not os.path.isfile(path):
         raise ResumeError(f"--resume: nothing to resume: no checkpoint at {path} (run without --resume "
                           f"to start the run)")
@@ -100,4 +134,27 @@ def load_for_resume(path: str, expect: Optional[Dict[str, Any]] = None) -> Dict[
         if key in state and str(state[key]) != str(value):
             raise ResumeError(f"--resume: {path} is a checkpoint of {key} {state[key]!r}, this run has "
                               f"{key} {value!r}")
+    if epochs is not None and isinstance(state["epoch"], int) and state["epoch"] > epochs:
+        raise ResumeError(f"--resume --epochs {epochs}: {path} already holds epoch {state['epoch']}; give "
+                          f"--epochs {state['epoch']} or more (a run keeps the epochs it has trained)")
     return state
+
+
+def state_mismatch(saved: Any, expected: Mapping[str, Any]) -> Optional[str]:
+    """What keeps the tensors ``saved`` (a state_dict read from a checkpoint) from loading into a
+    module whose state_dict is ``expected``: missing or unexpected keys, or the first other shape;
+    None when they fit."""
+    if not isinstance(saved, Mapping):
+        return f"a {type(saved).__name__} where a state_dict belongs"
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    if missing or unexpected:
+        few = lambda keys: ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+        return "; ".join(([f"missing keys {few(missing)}"] if missing else [])
+                         + ([f"unexpected keys {few(unexpected)}"] if unexpected else []))
+    for key, value in expected.items():
+        shape = tuple(getattr(value, "shape", ()))
+        got = tuple(getattr(saved[key], "shape", ()))
+        if shape != got:
+            return f"{key} has shape {got} in the checkpoint, {shape} in this run"
+    return None

@@ -3,7 +3,14 @@
 A run folder holds ``args.json`` (resolved flags), ``run_info.json`` (command line, git commit,
 library versions, device, seeds), ``metrics.jsonl`` (one JSON object per epoch), ``log.txt`` (what
 was printed), TensorBoard event files, and ``summary.json`` once the run has finished (its absence
-marks an interrupted run).
+marks an interrupted run; a resume removes it until the run ends again).
+
+Every write either completes or leaves the file as it was: JSON files are replaced atomically
+(``helper.checkpoint``); ``metrics.jsonl``, ``log.txt`` and the TensorBoard events are appended
+to, and an append that fails (a full disk) is cut back to the file's previous end. A failed write
+raises an ``OSError`` that names the file (``helper.stop_messages.disk_message`` words it).
+TensorBoard events are written here, synchronously, in TensorBoard's record format: a writer
+thread would report a full disk as a traceback of its own.
 """
 from __future__ import annotations
 
@@ -11,15 +18,18 @@ import json
 import math
 import os
 import platform
+import socket
+import struct
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy
 import torch
 
 from .checkpoint import atomic_write_text
+from .errors import ResumeError, named_os_error
 
 
 def to_jsonable(value):
@@ -72,6 +82,99 @@ def environment_info(device: str) -> Dict[str, Any]:
     return info
 
 
+def append_bytes(path: str, data: bytes):
+    """Append ``data`` to ``path`` all or nothing: a write that fails (a full disk, Ctrl-C) cuts the
+    file back to its previous end; the error names ``path``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as exc:
+        raise named_os_error(exc, path) from None
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException as exc:
+            os.ftruncate(fd, end)
+            if isinstance(exc, OSError):
+                raise named_os_error(exc, path) from None
+            raise
+    finally:
+        os.close(fd)
+
+
+def read_metrics_file(path: str) -> Tuple[List[Dict[str, Any]], bool]:
+    """The epoch records of ``metrics.jsonl`` and whether a last line cut short by a kill (no
+    newline at its end) was left out; no file: ``([], False)``. Any other line that is not an
+    epoch record is a one-line ``ResumeError``: it is never silently dropped."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return [], False
+    except OSError as exc:
+        raise ResumeError(f"--resume: cannot read {path}: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")
+    tail = lines.pop()               # b"" when the file ends with a newline
+    records = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        problem = _record_problem(line)
+        if problem:
+            raise ResumeError(f"--resume: {path} line {n} is not an epoch record ({problem}); only a last line "
+                              f"cut short by a kill is left out: repair or remove that line, or start the run over "
+                              f"with --overwrite")
+        records.append(json.loads(line))
+    cut = bool(tail.strip())
+    if cut and not _record_problem(tail):    # a complete record without its newline
+        records.append(json.loads(tail))
+        cut = False
+    return records, cut
+
+
+def _record_problem(line: bytes) -> Optional[str]:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:        # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"not JSON: {exc}"
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    epoch = record.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        return f"'epoch' is {epoch!r}, expected an integer >= 1"
+    return None
+
+
+class EventWriter:
+    """TensorBoard scalars in an ``events.out.tfevents.*`` file, written synchronously (each epoch's
+    records appended all or nothing, ``append_bytes``), in TensorBoard's record format."""
+
+    def __init__(self, run_dir: str):
+        from tensorboard.compat.proto import event_pb2, summary_pb2   # here: about a second at import
+        from tensorboard.summary.writer.record_writer import masked_crc32c
+        self._event_pb2, self._summary_pb2, self._crc = event_pb2, summary_pb2, masked_crc32c
+        self.path = os.path.join(run_dir, "events.out.tfevents.%010d.%s.%s.0"
+                                 % (time.time(), socket.gethostname(), os.getpid()))
+        self._write([event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")])
+
+    def _record(self, event) -> bytes:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        return header + struct.pack("<I", self._crc(header)) + data + struct.pack("<I", self._crc(data))
+
+    def _write(self, events):
+        append_bytes(self.path, b"".join(self._record(e) for e in events))
+
+    def scalars(self, step: int, values: Dict[str, float]):
+        now = time.time()
+        Summary = self._summary_pb2.Summary
+        self._write([self._event_pb2.Event(wall_time=now, step=int(step),
+                                           summary=Summary(value=[Summary.Value(tag=k, simple_value=float(v))]))
+                     for k, v in values.items()])
+
+
 HISTORY_KEYS = ("command", "started", "git_commit", "device", "device_name")   # one entry of run_info's history
 
 
@@ -93,17 +196,15 @@ class RunLogger:
                 for name in os.listdir(run_dir):
                     if name in ("metrics.jsonl", "summary.json", "log.txt") or name.startswith("events.out.tfevents"):
                         os.remove(os.path.join(run_dir, name))
-            if tensorboard:     # imported here: it adds about a second to every start (--help, errors)
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(log_dir=run_dir)
+            if tensorboard:
+                self._tb = EventWriter(run_dir)
 
     def info(self, message: str):
         if not self.enabled:
             return
         if self.echo:
             print(message, flush=True)
-        with open(os.path.join(self.run_dir, "log.txt"), "a") as f:
-            f.write(message + "\n")
+        append_bytes(os.path.join(self.run_dir, "log.txt"), (message + "\n").encode("utf-8"))
 
     def write_config(self, args: Dict[str, Any], extra: Dict[str, Any]):
         """args.json (the resolved flags: a resume may only have changed those that do not change
@@ -131,38 +232,35 @@ class RunLogger:
     def log_epoch(self, record: Dict[str, Any]):
         if not self.enabled:
             return
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
+        append_bytes(os.path.join(self.run_dir, "metrics.jsonl"),
+                     (json.dumps(to_jsonable(record), sort_keys=True) + "\n").encode("utf-8"))
         if self._tb is not None:
-            epoch = record["epoch"]
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key, value, epoch)
-            self._tb.flush()
+            self._tb.scalars(record["epoch"], {k: v for k, v in record.items() if k != "epoch" and isinstance(
+                v, (int, float)) and not isinstance(v, bool)})
 
-    def truncate_metrics(self, last_epoch: int):
-        """On resume, drop metric lines of epochs after the checkpoint (they will be redone)."""
+    def truncate_metrics(self, last_epoch: int) -> Optional[Dict[str, Any]]:
+        """On resume from a checkpoint of ``last_epoch``: drop the metric lines of later epochs (they
+        will be redone) and a last line cut short by a kill, and remove ``summary.json`` (the run is
+        not finished until it ends again). A corrupt line elsewhere is a ``ResumeError``
+        (``read_metrics_file``). Returns the record of ``last_epoch``, if logged."""
+        if not self.enabled:
+            return None
         path = os.path.join(self.run_dir, "metrics.jsonl")
-        if not (self.enabled and os.path.exists(path)):
-            return
-        kept = []
-        with open(path) as f:
-            for line in f:
-                try:   # a line cut short by a kill is dropped: its epoch is redone
-                    if json.loads(line)["epoch"] <= last_epoch:
-                        kept.append(line if line.endswith("\n") else line + "\n")
-                except (ValueError, KeyError, TypeError):
-                    continue
-        atomic_write_text(path, "".join(kept))
+        records, cut = read_metrics_file(path)
+        kept = [r for r in records if r["epoch"] <= last_epoch]
+        if cut or len(kept) < len(records):
+            atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        summary = os.path.join(self.run_dir, "summary.json")
+        if os.path.exists(summary):
+            os.remove(summary)
+        return next((r for r in reversed(kept) if r["epoch"] == last_epoch), None)
 
     def write_summary(self, summary: Dict[str, Any]):
         if self.enabled:
             write_json(os.path.join(self.run_dir, "summary.json"), summary)
 
     def close(self):
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        self._tb = None
 
 
 class Progress:

@@ -177,7 +177,10 @@ class Trainer:
             raise ResumeError(f"--resume: {last_path} does not fit this run: {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
         self.start_epoch = state["epoch"] + 1
-        self.run.truncate_metrics(state["epoch"])
+        # the checkpoint's epoch is the last one trained until the loop trains another (a run killed
+        # between its last checkpoint and summary.json is summarised from it)
+        self.record = self.run.truncate_metrics(state["epoch"]) or {
+            "epoch": state["epoch"], "test_acc": state.get("test_acc"), "test_acc_top5": state.get("test_acc_top5")}
         self.run.info(f"resumed from {last_path} at epoch {state['epoch']}")
 
     def save(self, path, epoch, record):
@@ -236,10 +239,8 @@ class Trainer:
     def finish(self) -> Dict[str, Any]:
         """The run summary (also written to summary.json)."""
         record, best = self.record, self.best
-        if not record:   # resumed a run that had already finished
-            record = dict(best.record)
         summary = {
-            "status": "finished", "epochs": self.settings.epochs,
+            "status": "finished", "epochs": self.settings.epochs, "last_epoch": record.get("epoch"),
             "last_acc": record.get("test_acc"), "last_acc_top5": record.get("test_acc_top5"),
             "best_acc": best.record.get("test_acc"), "best_acc_top5": best.record.get("test_acc_top5"),
             "best_epoch": best.epoch, "best_chosen_on": "validation" if best.on == "val_acc" else "test",
