@@ -30,7 +30,8 @@ from helper.manifest import ManifestError, manifest_path, teacher_names
 from helper.objective import split_logit_stand
 from helper.options import (OneLineParser, add_optimization_arguments, add_run_arguments, fail,
                             non_negative_float, non_negative_int, optional_label, positive_int)
-from helper.stop_messages import disk_message
+from helper.preemption import StopOnSignals, exit_status, stopped_by
+from helper.stop_messages import disk_message, error_message, is_space_error, room_action
 from helper.student_run import StudentRun, TeacherSpec
 from models import model_dict
 
@@ -146,27 +147,33 @@ def main(argv=None):
     teachers = resolve_teachers(parser, plan.shared)
     ctx = distributed.context_from_env()
     run = None
-    try:
-        distributed.join(ctx, plan.shared.device)
-        run = StudentRun(parser, plan, teachers, ctx, prog=PROG)
-        run.train()
-        return 0
-    except RunError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        if ctx.is_main:
-            print(f"{PROG}: interrupted (Ctrl-C); " + (run.stop_line(argv) if run is not None else
+    with StopOnSignals() as stop:     # SIGTERM, SIGUSR1, SIGHUP stop the run as Ctrl-C does (helper.preemption)
+        try:
+            with stop.armed():
+                distributed.join(ctx, plan.shared.device)
+                run = StudentRun(parser, plan, teachers, ctx, prog=PROG)
+                run.train()
+            return 0
+        except RunError as exc:
+            print(f"{PROG}: error: {error_message(exc, PROG, argv, parser)}", file=sys.stderr)
+            return exc.code
+        except KeyboardInterrupt as exc:      # Ctrl-C, or a stop signal (preemption.StopSignal)
+            if ctx.is_main:
+                print(f"{PROG}: {stopped_by(exc)}; " + (run.stop_line(argv) if run is not None else
                                                         "no checkpoint was written; the same command starts the "
                                                         "run over"), file=sys.stderr)
-        return 130
-    except OSError as exc:            # a read-only or full save folder, ...
-        print(f"{PROG}: error: {disk_message(exc)}", file=sys.stderr)
-        return 1
-    finally:
-        if run is not None:
-            run.close()
-        distributed.cleanup(ctx)
+            return exit_status(exc)
+        except OSError as exc:            # a read-only or full save folder, ...
+            then = ""
+            if is_space_error(exc):
+                then = f"; {room_action(exc)}, then: " + (run.stop_line(argv) if run is not None else
+                                                          "run the same command again")
+            print(f"{PROG}: error: {disk_message(exc)}{then}", file=sys.stderr)
+            return 1
+        finally:
+            if run is not None:
+                run.close()
+            distributed.cleanup(ctx)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from distiller_zoo.registry import CLASSIFICATION_LOSSES
 from helper import config_files, cuda_graphs, distributed, reference_flags, teacher_config
 from helper.errors import RunError
 from helper.manifest import ManifestError, manifest_path, read_manifest
-from helper.options import OneLineParser, add_optimization_arguments, add_run_arguments
-from helper.stop_messages import disk_message
+from helper.options import OneLineParser, add_optimization_arguments, add_run_arguments, optional_label
+from helper.preemption import StopOnSignals, exit_status, stopped_by
+from helper.stop_messages import disk_message, error_message, is_space_error, room_action
 from helper.teacher_run import TeacherRun
 from models import imagenet_model_dict, model_dict
 
@@ -40,6 +41,8 @@ def build_parser():
     parser.add_argument("--trials", type=str, default=None,
                         help="several trials in one command: a list like 0,1,2 or a count N (trials 0..N-1); "
                              "overrides --trial")
+    parser.add_argument("--tag", type=optional_label, default="",
+                        help="appended to the run folder's and the manifest entry's names (runs kept apart)")
     add_data_arguments(parser)
     add_optimization_arguments(parser)
     cuda_graphs.add_arguments(parser)
@@ -73,21 +76,24 @@ def main(argv=None):
         return 2
     ctx = distributed.context_from_env()
     run = TeacherRun(parser, trials, ctx, prog=PROG)
-    try:
-        distributed.join(ctx, trials[0].device)
-        results = run.train()
-    except RunError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        if ctx.is_main:
-            print(f"{PROG}: interrupted (Ctrl-C){run.stop_line(argv)}", file=sys.stderr)
-        return 130
-    except OSError as exc:            # a read-only or full save folder, ...
-        print(f"{PROG}: error: {disk_message(exc)}", file=sys.stderr)
-        return 1
-    finally:
-        distributed.cleanup(ctx)
+    with StopOnSignals() as stop:     # SIGTERM, SIGUSR1, SIGHUP stop the run as Ctrl-C does (helper.preemption)
+        try:
+            with stop.armed():
+                distributed.join(ctx, trials[0].device)
+                results = run.train()
+        except RunError as exc:
+            print(f"{PROG}: error: {error_message(exc, PROG, argv, parser)}", file=sys.stderr)
+            return exc.code
+        except KeyboardInterrupt as exc:      # Ctrl-C, or a stop signal (preemption.StopSignal)
+            if ctx.is_main:
+                print(f"{PROG}: {stopped_by(exc)}{run.where()}; {run.stop_line(argv)}", file=sys.stderr)
+            return exit_status(exc)
+        except OSError as exc:            # a read-only or full save folder, ...
+            then = f"; {room_action(exc)}, then{run.where()}: {run.stop_line(argv)}" if is_space_error(exc) else ""
+            print(f"{PROG}: error: {disk_message(exc)}{then}", file=sys.stderr)
+            return 1
+        finally:
+            distributed.cleanup(ctx)
     if ctx.is_main:
         print("==> teachers:")
         for name, s in results:

@@ -5,7 +5,9 @@ A run folder (written by train_teacher.py or train_student.py) holds ``args.json
 resolved flag except those that only identify a trial or say where things go); each group reports
 its number of finished trials and the mean and sample standard deviation of the last-epoch and
 best-epoch test top-1. Runs without ``summary.json`` were interrupted: they are listed, never
-averaged in.
+averaged in. A run whose files are not what the toolkit writes (not JSON, a middle line of
+``metrics.jsonl`` that is no epoch record, a figure that is not a finite number: the toolkit
+writes non-finite floats as strings such as "nan") is skipped, naming the file and the key.
 """
 from __future__ import annotations
 
@@ -26,8 +28,73 @@ NOT_CONFIG = (NOT_RESULT - {"epochs", "tag"}) | {
 }
 
 
+# Flags that only mean something for one data set (their defaults would show in every other row).
+DATASET_FLAGS = {"synthetic_": "synthetic"}
+
+# What the tables and plots read, and the type each must have (else the run is skipped).
+SUMMARY_NUMBERS = ("last_acc", "best_acc", "last_acc_top5", "best_acc_top5", "best_val_acc", "epochs",
+                   "last_epoch", "best_epoch", "train_seconds")
+ARGS_STRINGS = ("model_s", "model", "ensemble_method", "distill", "loss")
+NON_FINITE = {"nan", "inf", "-inf", "infinity", "-infinity"}     # how runlog.to_jsonable writes them
+
+
 class CorruptRunFile(ValueError):
-    """A run file that is not valid JSON (or JSON lines): the run is skipped, the file named."""
+    """A run file that is not valid JSON (or JSON lines), or holds a value of the wrong type where
+    a figure belongs: the run is skipped, the file named."""
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite_problem(value) -> Optional[str]:
+    if value is None or (is_number(value) and math.isfinite(value)):
+        return None
+    return f"is {value!r}, expected a finite number"
+
+
+def metric_value(value):
+    """A metrics.jsonl figure as a float for a plot: numbers, None and the toolkit's non-finite
+    strings ("nan", "inf") are figures; anything else is None (``check_metrics`` refused it)."""
+    if is_number(value):
+        return float(value)
+    if isinstance(value, str) and value.lower() in NON_FINITE:
+        return float(value)
+    return None
+
+
+def check_summary(path: str, summary: Dict):
+    for key in SUMMARY_NUMBERS:
+        problem = _finite_problem(summary.get(key))
+        if problem:
+            raise CorruptRunFile(f"{path}: {key!r} {problem}")
+    if not isinstance(summary.get("status", ""), str):
+        raise CorruptRunFile(f"{path}: 'status' is {summary['status']!r}, expected a string")
+
+
+def check_args(path: str, args: Dict):
+    for key in ARGS_STRINGS:
+        if key in args and not isinstance(args[key], str):
+            raise CorruptRunFile(f"{path}: {key!r} is {args[key]!r}, expected a string")
+    archs = args.get("teacher_archs")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise CorruptRunFile(f"{path}: 'teacher_archs' is {archs!r}, expected a list of names")
+    accs = args.get("teacher_acc")
+    if accs is not None and not (isinstance(accs, list) and all(_finite_problem(a) is None for a in accs)):
+        raise CorruptRunFile(f"{path}: 'teacher_acc' is {accs!r}, expected a list of finite numbers")
+    problem = _finite_problem(args.get("ensemble_acc"))
+    if problem:
+        raise CorruptRunFile(f"{path}: 'ensemble_acc' {problem}")
+
+
+def check_metrics(path: str, records: List[Dict]):
+    for n, record in enumerate(records, start=1):
+        epoch = record["epoch"]
+        if not is_number(epoch) or not math.isfinite(epoch) or epoch != int(epoch):
+            raise CorruptRunFile(f"{path} line {n}: 'epoch' is {epoch!r}, expected an integer")
+        for key, value in record.items():
+            if key != "epoch" and value is not None and metric_value(value) is None:
+                raise CorruptRunFile(f"{path} line {n}: {key!r} is {value!r}, expected a number")
 
 
 @dataclass
@@ -46,7 +113,10 @@ class Run:
         return "student" if "model_s" in self.args else "teacher"
 
     def config(self) -> Dict:
-        return {k: v for k, v in self.args.items() if k not in NOT_CONFIG}
+        """The flags that define its configuration (a data set's own flags only for that data set)."""
+        dataset = self.args.get("dataset")
+        return {k: v for k, v in self.args.items() if k not in NOT_CONFIG
+                and all(dataset == name for prefix, name in DATASET_FLAGS.items() if k.startswith(prefix))}
 
 
 def _read_json(path):
@@ -92,9 +162,16 @@ def find_runs(root: str, on_skip=None) -> List[Run]:
         if "args.json" not in files:
             continue
         try:
-            metrics = _read_metrics(os.path.join(folder, "metrics.jsonl")) if "metrics.jsonl" in files else []
-            summary = _read_json(os.path.join(folder, "summary.json")) if "summary.json" in files else None
-            runs.append(Run(folder, _read_json(os.path.join(folder, "args.json")), metrics, summary))
+            metrics_path, summary_path, args_path = (os.path.join(folder, n) for n in
+                                                     ("metrics.jsonl", "summary.json", "args.json"))
+            metrics = _read_metrics(metrics_path) if "metrics.jsonl" in files else []
+            check_metrics(metrics_path, metrics)
+            summary = _read_json(summary_path) if "summary.json" in files else None
+            if summary is not None:
+                check_summary(summary_path, summary)
+            args = _read_json(args_path)
+            check_args(args_path, args)
+            runs.append(Run(folder, args, metrics, summary))
         except CorruptRunFile as exc:
             if on_skip is not None:
                 on_skip(folder, str(exc))
@@ -253,7 +330,7 @@ def plot_groups(groups: Sequence[Group], out_dir: str) -> List[str]:
             series = []
             for r in runs:
                 epochs = [m["epoch"] for m in r.metrics]
-                values = [m.get(key) for m in r.metrics]
+                values = [metric_value(m.get(key)) for m in r.metrics]
                 ax.plot(epochs, values, alpha=0.5, linewidth=1,
                         label=f"trial {r.args.get('trial', '?')}" + ("" if r.finished else " (interrupted)"))
                 series.append(dict(zip(epochs, values)))
@@ -282,8 +359,8 @@ def plot_groups(groups: Sequence[Group], out_dir: str) -> List[str]:
                 per_epoch: Dict[int, List[float]] = {}
                 for r in runs:
                     for m in r.metrics:
-                        if key in m:
-                            per_epoch.setdefault(m["epoch"], []).append(m[key])
+                        if metric_value(m.get(key)) is not None:
+                            per_epoch.setdefault(m["epoch"], []).append(metric_value(m[key]))
                 epochs = sorted(per_epoch)
                 ax.plot(epochs, [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs], label=key[len("weight_"):])
             ax.set_xlabel("epoch")

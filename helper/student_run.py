@@ -29,7 +29,7 @@ from models import build_model, get_model_cfg
 from models.checkpoint import CheckpointError, load_model, read_state_dict
 
 from . import cuda_graphs, runfolder
-from .checkpoint import checkpoint_paths, load_for_resume, rng_state
+from .checkpoint import checkpoint_paths, load_for_resume, rng_state, state_mismatch
 from .distributed import DistContext
 from .errors import NonFiniteLoss, RunError
 from .evaluate import evaluate
@@ -51,7 +51,7 @@ from .trainer import LoopSettings, Member, Trainer, fit
 # the checks whose settings differ between a run and its --resume that names the same run
 IDENTITY = ("model_s", "dataset", "trial")
 NAN_CAUSES = ("a teacher whose outputs are not finite, a too small --kd_T, a NaN or huge loss weight "
-              "(-r/-a/-b), or a too high --learning_rate")
+              "(-r/-a/-b), a too high --learning_rate or --weight_decay")
 
 
 def identity(parser, config, teacher_archs: Sequence[str], teacher_digests: Sequence[str]):
@@ -230,13 +230,21 @@ class StudentRun:
         return students
 
     def check_folders(self, shared: SharedParts):
-        """Read-only, on every process (all refuse together): a new run's folder is free, a resumed
-        run's settings and checkpoint fit."""
+        """Read-only, on every process (all refuse together), once every objective is built: a new
+        run's folder is free; a resumed run's settings, seed, metrics and checkpoint fit (its
+        epochs, its student's and connectors' tensors)."""
         for s in self.students:
             if s.config.resume:     # before the folder is touched: a refused resume leaves nothing behind
-                runfolder.check_resume(self.parser, s.run_dir, s.settings, identity=IDENTITY)
-                load_for_resume(checkpoint_paths(s.run_dir, s.config.model_s)[0],
-                                expect={"arch": s.config.model_s, "num_classes": shared.spec.num_classes})
+                runfolder.check_resume(self.parser, s.run_dir, s.settings, identity=IDENTITY, seed=shared.seed)
+                last = checkpoint_paths(s.run_dir, s.config.model_s)[0]
+                state = load_for_resume(last, expect={"arch": s.config.model_s, "num_classes": shared.spec.num_classes},
+                                        epochs=s.config.epochs)
+                problem = state_mismatch(state["model"], s.objective.student.state_dict())
+                extra = state.get("extra")
+                if problem is None and isinstance(extra, dict) and "distill" in extra:     # the terms' connectors
+                    problem = state_mismatch(extra["distill"], s.objective.terms.state_dict())
+                if problem:
+                    raise RunError(f"--resume: {last} does not fit this run: {problem}")
             else:
                 runfolder.check_free(s.run_dir, s.config.overwrite)
 
@@ -297,21 +305,29 @@ class StudentRun:
         apply_backend(config.deterministic, config.device)
         shared = build_shared(self.plan, self.teacher_specs, ctx)
         self.students = self.name_students(shared)
-        self.check_folders(shared)
         for s in self.students:                     # everything built and checked before anything is created
             with s.stream:
                 s.objective = build_objective(s.config, shared)
+        self.check_folders(shared)
         teachers = shared.teachers
         shared.report, shared.report_lines = evaluate_teachers(config, teachers, next(iter(shared.loaders.values())))
-        for s in self.students:
-            if ctx.is_main:
-                s.lock = runfolder.claim(s.run_dir, resume=s.config.resume, overwrite=s.config.overwrite,
-                                         log=None if s.config.quiet else print)
+        if ctx.is_main:                             # every folder locked before any is changed (runfolder.claim_all)
+            claims = runfolder.claim_all([(s.run_dir, s.config.resume, s.config.overwrite) for s in self.students],
+                                         take_over=config.take_over_lock, log=None if config.quiet else print)
+            for s, claim in zip(self.students, claims):
+                s.lock = claim
         self.run_dir = self.students[0].run_dir
         try:
-            for s in self.students:
-                with s.stream:
-                    self.start_student(s, shared)
+            try:
+                for s in self.students:
+                    with s.stream:
+                        self.start_student(s, shared)
+            except Exception:             # a start that fails before training leaves no new run's folder
+                for s in self.students:
+                    if s.lock is not None:
+                        s.lock.abandon()
+                        s.lock = None
+                raise
             group = self.plan.is_group
             summaries = fit([s.member for s in self.students], shared.loaders, config.epochs,
                             teachers=teachers if group else None,
@@ -335,9 +351,9 @@ class StudentRun:
         return summaries
 
     def stop_line(self, argv: Sequence[str]) -> str:
-        """After Ctrl-C: where the run can go on from, and the exact command."""
+        """After Ctrl-C or a stop signal: where the run can go on from, and the exact command."""
         config = self.plan.shared
-        return (checkpoint_status(self.run_dir, config.model_s, self.prog, argv, config.epochs)
+        return (checkpoint_status(self.run_dir, config.model_s, self.prog, argv, config.epochs, parser=self.parser)
                 + (f" (and {len(self.plan.members) - 1} more students of the group; --resume continues them all)"
                    if self.plan.is_group else ""))
 

@@ -23,7 +23,8 @@ from .checkpoint import checkpoint_paths, load_for_resume
 from .distributed import DistContext
 from .errors import NonFiniteLoss, RunError
 from .execution import apply_backend, memory_format
-from .manifest import ManifestError, add_teacher, entry_name, manifest_path
+from .manifest import ManifestError, add_teacher, entry_name, manifest_path, name_problem, read_manifest, \
+    remove_teacher
 from .options import model_options, trial_seed
 from .run_identity import teacher_identity
 from .runlog import RunLogger, environment_info
@@ -33,7 +34,8 @@ from .task import ClassifierTask
 from .trainer import LoopSettings, Member, Trainer, fit
 
 IDENTITY = ("model", "dataset", "trial")
-NAN_CAUSES = "a too high --learning_rate, an --lr_decay_rate above 1, or non-finite input data"
+NAN_CAUSES = ("a too high --learning_rate or --weight_decay, an --lr_decay_rate above 1, or non-finite "
+              "input data")
 
 
 def read_summary(run_dir: str) -> Optional[Dict[str, Any]]:
@@ -58,15 +60,31 @@ class TeacherRun:
         name, settings = teacher_identity(self.parser, config)
         return os.path.join(config.save_dir, "teachers", name), settings
 
+    def entry(self, config) -> str:
+        """The trial's name in the teacher manifest (a data set's spec is named as --dataset)."""
+        return entry_name(config.dataset, config.model, config.trial, config.tag)
+
     def start(self, config) -> str:
         """How a trial starts, before its folder is touched: ``"fresh"``, ``"resume"`` or
-        ``"finished"``; a resume whose settings differ, or with nothing to resume, is refused."""
+        ``"finished"``; a resume whose settings, seed or epochs differ, or with nothing to resume, and
+        a teacher whose manifest name belongs to another folder's teacher, are refused."""
+        how = self._start(config)
+        run_dir, _ = self.folder(config)
+        path, name = manifest_path(config.save_dir), self.entry(config)
+        problem = name_problem(read_manifest(path), path, name, run_dir)
+        if problem:
+            raise RunError(f"{problem}; record this teacher under another name with --tag NAME (entry {name}-NAME) "
+                           f"or another --trial")
+        return how
+
+    def _start(self, config) -> str:
         run_dir, settings = self.folder(config)
         if not config.resume:              # read-only, on every process: all refuse together
             runfolder.check_free(run_dir, config.overwrite)
             return "fresh"
         several = len(self.trials) > 1
-        found = runfolder.check_resume(self.parser, run_dir, settings, identity=IDENTITY, missing_ok=several)
+        found = runfolder.check_resume(self.parser, run_dir, settings, identity=IDENTITY, missing_ok=several,
+                                       seed=trial_seed(config.seed, config.trial))
         if not found:
             return "fresh"            # --trials 0,1,2 --resume: trials never started start now
         summary = read_summary(run_dir)
@@ -75,16 +93,19 @@ class TeacherRun:
         last = checkpoint_paths(run_dir, config.model)[0]
         if several and not os.path.isfile(last):
             return "fresh"
-        load_for_resume(last, expect={"arch": config.model, "num_classes": spec_from_args(config).num_classes})
+        load_for_resume(last, expect={"arch": config.model, "num_classes": spec_from_args(config).num_classes},
+                        epochs=config.epochs)
         return "resume"
 
     def register(self, config, spec_name, num_classes, summary) -> str:
         try:
             return add_teacher(manifest_path(config.save_dir), model=config.model, dataset=spec_name,
                                trial=config.trial, checkpoint=summary["best_checkpoint"], best_acc=summary["best_acc"],
-                               last_acc=summary["last_acc"], num_classes=num_classes,
+                               last_acc=summary["last_acc"], num_classes=num_classes, tag=config.tag,
                                extra={"loss": config.loss, "last_checkpoint": os.path.relpath(
-                                   summary["last_checkpoint"], os.path.abspath(config.save_dir))})
+                                   summary["last_checkpoint"], os.path.abspath(config.save_dir)),
+                                   "epochs": summary.get("epochs"), "last_epoch": summary.get("last_epoch"),
+                                   "best_epoch": summary.get("best_epoch")})
         except ManifestError as exc:
             raise RunError(f"trial {config.trial} finished but is not recorded: {exc}; repair or delete that file, "
                            f"then run the same command with --resume (finished trials are recorded without "
@@ -98,7 +119,7 @@ class TeacherRun:
             summary = read_summary(run_dir)
             spec = spec_from_args(config)
             if not ctx.is_main:
-                return entry_name(spec.name, config.model, config.trial), summary
+                return self.entry(config), summary
             name = self.register(config, spec.name, spec.num_classes, summary)
             print(f"==> {name}: already finished in {run_dir} (best {summary['best_acc']:.2f}); recorded")
             return name, summary
@@ -117,10 +138,17 @@ class TeacherRun:
                             **model_options(config.drop_path, config.model, imagenet))
         model = model.to(config.device, memory_format=memory_format(config.channels_last))
         lock = runfolder.claim(run_dir, resume=config.resume, overwrite=config.overwrite,
-                               log=None if config.quiet else print) if ctx.is_main else None
+                               take_over=config.take_over_lock, log=None if config.quiet else print) \
+            if ctx.is_main else None
         self.trial, self.run_dir = config.trial, run_dir
         run = None
+        started = False
         try:
+            # the folder's teacher is trained on (--resume --epochs N) or replaced (--overwrite): the manifest
+            # lists finished teachers only, so it is out until this run finishes
+            if ctx.is_main and remove_teacher(manifest_path(config.save_dir), self.entry(config), run_dir) \
+                    and not config.quiet:
+                print(f"==> {self.entry(config)} is out of {manifest_path(config.save_dir)} until this run finishes")
             run = RunLogger(run_dir, echo=not config.quiet, fresh=not config.resume, enabled=ctx.is_main)
             criterion = CLASSIFICATION_LOSSES[config.loss]
             task = ClassifierTask(model, lambda logits, labels: criterion(logits, labels).mean())
@@ -144,6 +172,7 @@ class TeacherRun:
                               is_main=ctx.is_main, distributed=ctx.enabled)
             if config.resume:
                 trainer.resume()
+            started = True
             try:
                 summary, = fit([Member(config.trial, trainer, (config.train_view,))],
                                {(config.train_view,): loaders}, config.epochs)
@@ -153,13 +182,18 @@ class TeacherRun:
                 raise RunError(f"trial {config.trial}: {exc}; " + checkpoint_status(
                     run_dir, config.model, self.prog, [], config.epochs, suggest_resume=False)
                     + f"; the teacher is not recorded; likely causes: {NAN_CAUSES}", code=1) from None
+        except Exception:
+            if lock is not None and not started:    # failed before training: a new run leaves no folder
+                lock.abandon()
+                lock = None
+            raise
         finally:
             if run is not None:
                 run.close()
             if lock is not None:
                 lock.release()
         if not ctx.is_main:
-            return entry_name(spec.name, config.model, config.trial), summary
+            return self.entry(config), summary
         name = self.register(config, spec.name, spec.num_classes, summary)
         run.info(f"==> {name}: best test acc {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
                  f"last {summary['last_acc']:.2f}; recorded in {manifest_path(config.save_dir)}")
@@ -169,10 +203,13 @@ class TeacherRun:
         apply_backend(self.trials[0].deterministic, self.trials[0].device)
         return [self.train_trial(config) for config in self.trials]
 
+    def where(self) -> str:
+        """`` in trial T`` once a trial has begun, for the stop line."""
+        return f" in trial {self.trial}" if self.trial is not None else ""
+
     def stop_line(self, argv: Sequence[str]) -> str:
-        """After Ctrl-C: where the run can go on from, and the exact command."""
+        """After Ctrl-C, a stop signal or a full disk: where the run can go on from, and the exact command."""
         config = self.trials[0]
-        return ((f" in trial {self.trial}" if self.trial is not None else "") + "; "
-                + checkpoint_status(self.run_dir, config.model, self.prog, argv, config.epochs)
+        return (checkpoint_status(self.run_dir, config.model, self.prog, argv, config.epochs, parser=self.parser)
                 + ("" if len(self.trials) == 1 else
                    " (with --resume, finished trials are recorded, the stopped one continues, the rest start)"))

@@ -255,6 +255,9 @@ def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = No
             model, problems = _build(imagenet_model_dict, name, n_cls, meta, True), None
             model.input_size = model_cfg[name].input_size      # it was trained on CIFAR-sized images
     if problems:
+        if arch and guessed and guessed != arch and isinstance(meta.get("arch"), str) and meta["arch"]:
+            raise _fail(path, f"is a checkpoint of {guessed!r} (its 'arch' entry), not of the architecture "
+                              f"{name!r} given for it: {problems}")
         hint = f" (its name suggests {guessed!r})" if arch and guessed and guessed != arch else ""
         raise _fail(path, f"does not fit architecture {name!r}{hint}: {problems}")
     model.load_state_dict(sd, strict=True)
