@@ -129,7 +129,7 @@ def load_for_resume(path: str, expect: Optional[Dict[str, Any]] = None, epochs: 
     if missing:
         raise ResumeError(f"--resume: {path} has no {' or '.join(repr(k) for k in missing)} entry: it was "
                           f"written by another program (RepDistiller?) and cannot be continued exactly; "
-                          f"start a new run (its weights can be a teacher via --path_t)")
+                          f"start a new run (its weights can be a teacher: train_student.py --path_t)")
     for key, value in (expect or {}).items():
         if key in state and str(state[key]) != str(value):
             raise ResumeError(f"--resume: {path} is a checkpoint of {key} {state[key]!r}, this run has "

@@ -117,13 +117,19 @@ class RunLock:
             except OSError as exc:
                 raise named_os_error(exc, self.path) from None
             try:
-                try:
-                    locked = _lock_fd(fd)
-                except OSError as exc:
-                    if exc.errno not in NO_OS_LOCKS:
-                        raise
-                    os.close(fd)
-                    return self._acquire_exclusive(take_over)
+                locked = _lock_fd(fd)
+            except OSError as exc:
+                empty = os.fstat(fd).st_size == 0      # made by the open above (or by a writer killed at once)
+                os.close(fd)
+                if exc.errno not in NO_OS_LOCKS:
+                    raise named_os_error(exc, self.path) from None
+                if empty:
+                    os.remove(self.path)
+                return self._acquire_exclusive(take_over)
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
                 if not locked:
                     holder = _holder(_read(fd))
                     advice = ("wait for it to end (stopping it releases the lock)" if resume else

@@ -203,8 +203,13 @@ def check_resume(parser, run_dir: str, now: Dict[str, Any], identity: Sequence[s
             raise RunFolderError(f"--resume: nothing to resume: no run folder {run_dir} "
                                  f"(run without --resume to start it)")
         _, where, saved = best
-    if saved is None:
-        return True                              # a folder from before args.json: nothing to compare
+    if saved is not None:                        # (a folder from before args.json: nothing to compare)
+        _check_saved(parser, run_dir, where, now, saved, seed)
+    read_metrics_file(os.path.join(run_dir, "metrics.jsonl"))      # a corrupt line: a one-line error
+    return True
+
+
+def _check_saved(parser, run_dir: str, where: str, now: Dict[str, Any], saved: Dict[str, Any], seed: Optional[int]):
     diff = differences(parser, now, saved)
     if diff:
         raise RunFolderError(f"--resume: the run in {where} was started with other settings: "
@@ -218,5 +223,3 @@ def check_resume(parser, run_dir: str, now: Dict[str, Any], identity: Sequence[s
                              f"args.json); trial {now.get('trial')!r} now has seed {seed} (an earlier version "
                              f"derived seeds of trial labels that are not numbers otherwise): it cannot continue "
                              f"exactly; start it over with --overwrite")
-    read_metrics_file(os.path.join(run_dir, "metrics.jsonl"))      # a corrupt line: a one-line error
-    return True

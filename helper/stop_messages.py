@@ -20,7 +20,7 @@ from .run_lock import TAKE_OVER_FLAG, LockError
 # the reasons that room on the disk cures, and what gives that room: the run continues afterwards
 SPACE_ERRORS = {errno.ENOSPC: ("the disk is full", "free space"),
                 errno.EDQUOT: ("the disk quota is used up", "free space"),
-                errno.EFBIG: ("the file is larger than the file system or a size limit (ulimit -f) allows",
+                errno.EFBIG: ("the file is larger than the file system or this process's file size limit allows",
                               "raise the limit")}
 # flags that a suggested --resume command drops: it continues the run, it neither replaces it nor
 # takes a lock over again

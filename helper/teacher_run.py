@@ -97,13 +97,16 @@ class TeacherRun:
                         epochs=config.epochs)
         return "resume"
 
-    def register(self, config, spec_name, num_classes, summary) -> str:
+    def register(self, config, run_dir, spec_name, num_classes, summary) -> str:
+        """Record the finished trial of ``run_dir`` (its checkpoints where the folder is now: a
+        summary.json of a folder that was moved or copied names the old place)."""
+        last, best = checkpoint_paths(run_dir, config.model)
         try:
             return add_teacher(manifest_path(config.save_dir), model=config.model, dataset=spec_name,
-                               trial=config.trial, checkpoint=summary["best_checkpoint"], best_acc=summary["best_acc"],
+                               trial=config.trial, checkpoint=best, best_acc=summary["best_acc"],
                                last_acc=summary["last_acc"], num_classes=num_classes, tag=config.tag,
                                extra={"loss": config.loss, "last_checkpoint": os.path.relpath(
-                                   summary["last_checkpoint"], os.path.abspath(config.save_dir)),
+                                   os.path.abspath(last), os.path.abspath(config.save_dir)),
                                    "epochs": summary.get("epochs"), "last_epoch": summary.get("last_epoch"),
                                    "best_epoch": summary.get("best_epoch")})
         except ManifestError as exc:
@@ -120,7 +123,7 @@ class TeacherRun:
             spec = spec_from_args(config)
             if not ctx.is_main:
                 return self.entry(config), summary
-            name = self.register(config, spec.name, spec.num_classes, summary)
+            name = self.register(config, run_dir, spec.name, spec.num_classes, summary)
             print(f"==> {name}: already finished in {run_dir} (best {summary['best_acc']:.2f}); recorded")
             return name, summary
         config = config.replace(resume=start == "resume")     # this trial's start, as args.json records it
@@ -194,7 +197,7 @@ class TeacherRun:
                 lock.release()
         if not ctx.is_main:
             return self.entry(config), summary
-        name = self.register(config, spec.name, spec.num_classes, summary)
+        name = self.register(config, run_dir, spec.name, spec.num_classes, summary)
         run.info(f"==> {name}: best test acc {summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
                  f"last {summary['last_acc']:.2f}; recorded in {manifest_path(config.save_dir)}")
         return name, summary

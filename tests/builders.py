@@ -9,6 +9,8 @@ flag's own type and the same resolution as a real run.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from typing import Sequence
 
 import torch
@@ -83,6 +85,28 @@ def student_name(config: RunConfig, teacher_archs: Sequence[str], teacher_digest
 def teacher_folder(config: RunConfig) -> str:
     """The folder name of a teacher trial."""
     return teacher_identity(train_teacher.build_parser(), config)[0]
+
+
+# The flags of conftest.digits_teachers' runs (its trials 0, 1, 2 are these with --trial N): a test
+# that continues, repeats or breaks one of those runs does it on a copy (``copy_session_teacher``).
+SESSION_TEACHER = ("--model", "resnet8", "--dataset", "digits", "--epochs", "8", "--lr_decay_epochs", "6",
+                   "--batch_size", "64", "--quiet")
+
+
+def session_teacher_folder(trial="0") -> str:
+    """The folder name of a session teacher's trial."""
+    return teacher_folder(teacher_configs(*SESSION_TEACHER, "--trial", str(trial))[0])
+
+
+def copy_session_teacher(digits_teachers: str, save_dir: str, trial="0") -> str:
+    """A copy of a session teacher's run folder (``digits_teachers``' trial) under ``save_dir``
+    (``save_dir/teachers/<its name>``); returns the copy's folder. Tests change copies only."""
+    name = session_teacher_folder(trial)
+    source = os.path.join(digits_teachers, "teachers", name)
+    assert os.path.isdir(source), f"no session teacher {source}: SESSION_TEACHER no longer matches conftest"
+    target = os.path.join(save_dir, "teachers", name)
+    shutil.copytree(source, target)
+    return target
 
 
 def as_if_on(config: RunConfig, device: str) -> RunConfig:
