@@ -24,8 +24,8 @@ A finished run's ``args.json`` is a configuration too: it records the flags the 
 (``given_flags``: the file's and the command line's values that differ from the parser's defaults),
 and those are what is read, so the same run folder name follows and, with ``--tag``, a run
 bit-identical on the CPU. Everything else in a record is derived (the resolved configuration,
-``objective``, ``seed_used``, ``teacher_digests``, ...) and ignored, as are ``resume`` and
-``overwrite``, which say how that start went, not what the run is.
+``objective``, ``seed_used``, ``teacher_digests``, ...) and ignored, as are ``resume``,
+``overwrite`` and ``take_over_lock``, which say how that start went, not what the run is.
 
 Files are data, never code: YAML is read with ``yaml.safe_load`` (a ``!!python/object`` tag is
 refused in one line), JSON with ``json``.
@@ -43,7 +43,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 RECORD_FLAGS = "given_flags"
 RECORD_MARKERS = ("seed_used", "config_hash", "backend_mode")
 # how one start of a recorded run went, not what the run is: never read from a record
-RECORD_START_ONLY = ("resume", "overwrite")
+RECORD_START_ONLY = ("resume", "overwrite", "take_over_lock")
 # flags never recorded in given_flags: the files themselves (their values are in the record)
 NOT_RECORDED = ("config",)
 

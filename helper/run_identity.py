@@ -27,8 +27,7 @@ from .runlog import to_jsonable
 # only; they follow the device, which may change on resume.
 NOT_RESULT = frozenset({
     "help", "print_freq", "save_freq", "quiet", "resume", "overwrite", "take_over_lock", "save_dir", "device",
-    "num_workers",
-    "epochs", "data_folder", "download", "verify", "skip_validation", "tag", "amp", "channels_last",
+    "num_workers", "epochs", "data_folder", "download", "verify", "skip_validation", "tag", "amp", "channels_last",
     "fuse_teachers", "fold_bn", "compile", "deterministic", "command", "backend_mode", "trials", "trial_list",
     # teachers are identified by what their checkpoints hold (teacher_digests), not by name or path
     "teachers", "path_t", "model_t", "teacher_paths", "teacher_names", "teacher_acc", "ensemble_acc",
