@@ -22,9 +22,9 @@ SEED_AND_TRIAL = [
     (["--seed", "4294967296"], "argument --seed"),
     (["--seed", "\u0665"], "argument --seed"),                       # an Arabic-Indic five
     (["--seed", "1e3"], "argument --seed"),
-    (["--trial", "-3"], "argument --trial: '-3': a trial number has no sign"),
+    (["--trial", "-3"], "'-3': a trial number has no sign"),
     (["--trial", "03"], "write the trial number without leading zeros (3)"),
-    (["--trial", "\u0663"], "argument --trial: '\u0663': use ASCII letters"),   # int('\u0663') == 3
+    (["--trial", "\u0663"], "'\u0663': use ASCII letters"),                       # int('\u0663') == 3
     (["--trial", "caf\u00e9"], "use ASCII letters"),
     (["--trial", "\u00b2"], "use ASCII letters"),                    # '²'.isdigit(), but int('²') fails
     (["--trial", "4294967296"], "trial numbers go up to 4294967295"),
@@ -75,7 +75,7 @@ def test_teacher_flags_are_validated(argv, needle, capsys):
     (["--trial", "a/b"], "--trial"),
     (["--teachers", "digits-resnet8-0", "digits-resnet8-0"], "--teachers names digits-resnet8-0 more than once"),
     (["--path_t", "a.pth", "./a.pth"], "--path_t names"),
-    (["--model_s", "ResNet18"], "--model_s ResNet18 is an ImageNet model"),
+    (["--model_s", "MobileNetV1"], "--model_s MobileNetV1 is an ImageNet model"),
     (["--momentum", "1"], "--momentum"),
 ])
 def test_student_flags_are_validated(argv, needle, capsys):
