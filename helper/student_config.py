@@ -99,9 +99,6 @@ def resolve(parser, ns, stand_values: Optional[Sequence[bool]] = None,
         per_rank = distributed.rank_settings(ctx, common["device"], ns.batch_size)
     except ValueError as exc:
         fail(parser, str(exc))
-    if len(choices) > 1 and ctx.enabled:
-        fail(parser, "a group of students (lists in --distill/--ensemble_method, --logit-stand both) runs in one "
-                     "process; torchrun is not supported for groups: start one run per student")
     if len(choices) > 1 and ns.cuda_graphs != "off":
         fail(parser, f"--cuda_graphs {ns.cuda_graphs}: a group of students runs its steps eagerly; use "
                      f"--cuda_graphs off (the default) with lists in --distill/--ensemble_method")
