@@ -99,9 +99,6 @@ def resolve(parser, ns, stand_values: Optional[Sequence[bool]] = None,
         per_rank = distributed.rank_settings(ctx, common["device"], ns.batch_size)
     except ValueError as exc:
         fail(parser, str(exc))
-    if len(choices) > 1 and ns.cuda_graphs != "off":
-        fail(parser, f"--cuda_graphs {ns.cuda_graphs}: a group of students runs its steps eagerly; use "
-                     f"--cuda_graphs off (the default) with lists in --distill/--ensemble_method")
     base = RunConfig.from_namespace(ns, **common, teacher_num=teacher_num, **per_rank)
     base = base.replace(backend_mode=backend_description(base.deterministic, base.device))
     given = {name for name in WEIGHT_FLAGS if getattr(ns, name) is not None}
