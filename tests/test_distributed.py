@@ -69,16 +69,19 @@ WRAPPER = textwrap.dedent("""
 
 
 # Two processes need two GPUs for NCCL (the default device on a GPU machine); with fewer, the
-# same tests run on the CPU with gloo.
+# same tests run on the CPU with gloo. Two nodes on loopback are one machine whose two "nodes" would
+# both take GPU 0 (local rank 0 each; NCCL refuses a GPU twice): they always run on the CPU.
 DEVICE = [] if torch.cuda.device_count() >= 2 else ["--device", "cpu"]
+CPU = ["--device", "cpu"]
 LAUNCH_TIMEOUT = 300       # seconds for one launch of a test job (a few seconds of training, ~15 s of start-up)
 
 
-def write_wrapper(folder, script, argv):
+def write_wrapper(folder, script, argv, device=None):
     os.makedirs(folder, exist_ok=True)
     wrapper = os.path.join(folder, f"wrapper_{script}.py")
     with open(wrapper, "w") as f:
-        f.write(WRAPPER.format(repo=REPO, script=script, out=str(folder), argv=list(argv) + DEVICE))
+        f.write(WRAPPER.format(repo=REPO, script=script, out=str(folder),
+                               argv=list(argv) + (DEVICE if device is None else device)))
     return wrapper
 
 
@@ -86,9 +89,9 @@ def launcher_env(stop_at=0):
     return dict(os.environ, OMP_NUM_THREADS="1", MTKD_TEST_STOP_AT_EPOCH=str(stop_at))
 
 
-def torchrun(tmp_path, script, argv):
+def torchrun(tmp_path, script, argv, device=None):
     """One node, two processes; waits for the job."""
-    wrapper = write_wrapper(tmp_path, script, argv)
+    wrapper = write_wrapper(tmp_path, script, argv, device)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", wrapper]
     return subprocess.run(cmd, cwd=str(tmp_path), env=launcher_env(), capture_output=True, text=True,
                           timeout=LAUNCH_TIMEOUT)
@@ -113,7 +116,7 @@ def two_nodes(folder, script, argv, stop_at=0):
     Without ``stop_at``: waits for both and returns their (exit status, output). With it: waits
     until both ranks have stopped at the start of epoch ``stop_at``, then kills both nodes
     (SIGKILL: launchers and workers) and returns None. Bounded in time either way."""
-    wrapper = write_wrapper(folder, script, argv)
+    wrapper = write_wrapper(folder, script, argv, CPU)
     port = free_port()
     logs = [open(os.path.join(folder, f"node{r}.log"), "w+") for r in range(2)]
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
@@ -219,7 +222,7 @@ def test_two_nodes_train_a_teacher_and_resume_after_a_kill_of_both(tmp_path):
     wrote; each epoch's figures are both ranks'; the test accuracy is the whole test set's."""
     ref, nodes = tmp_path / "ref", tmp_path / "nodes"
     argv = ["--model", "resnet8", *SMALL_DATA]
-    proc = torchrun(ref, "train_teacher", argv + ["--save_dir", str(ref / "save")])
+    proc = torchrun(ref, "train_teacher", argv + ["--save_dir", str(ref / "save")], CPU)
     assert proc.returncode == 0, proc.stderr[-3000:]
     kill_and_resume(nodes, "train_teacher", argv + ["--save_dir", str(nodes / "save")])
 
@@ -276,7 +279,7 @@ def test_two_nodes_train_a_group_of_students_and_resume_after_a_kill_of_both(tmp
     teachers = untrained_teachers(str(tmp_path / "teachers"))
     argv = ["--model_s", "resnet8", "--path_t", *teachers, "--model_t", "resnet8", "--distill", "hint",
             "--beta_delay_epochs", "0", *SMALL_DATA]
-    proc = torchrun(ref, "train_student", argv + ["--ensemble_method", "CAMKD", "--save_dir", str(ref / "save")])
+    proc = torchrun(ref, "train_student", argv + ["--ensemble_method", "CAMKD", "--save_dir", str(ref / "save")], CPU)
     assert proc.returncode == 0, proc.stderr[-3000:]
     kill_and_resume(nodes, "train_student", argv + ["--ensemble_method", "CAMKD,AVERAGE_LOSS",
                                                     "--save_dir", str(nodes / "save")])
