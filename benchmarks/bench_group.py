@@ -122,9 +122,10 @@ def main(argv=None):
         warmup, mode_data = warmups[mode], data[max(warmups.values()) - warmups[mode]:]
         lines = []
         solo = {}
-        for method, (step, optimizer, _) in zip(args.methods, build_students(args, ensemble, device, args.classes,
-                                                                             mode, lines.append)):
-            solo[method] = timed(lambda batch, step=step, optimizer=optimizer: step(batch, 2, optimizer, None, autocast),
+        alone = build_students(args, ensemble, device, args.classes, mode, lines.append)
+        for method, (step, optimizer, _) in zip(args.methods, alone):
+            solo[method] = timed(lambda batch, step=step, optimizer=optimizer: step(batch, 2, optimizer, None,
+                                                                                  autocast),
                                  mode_data, warmup, device)
 
         shared = SharedTeachers(ensemble)

@@ -103,8 +103,8 @@ VIEWS = ("standard",)
 def make_group(methods, args, device, drop_path: float = 0.0):
     """``(SharedTeachers, [(task, configuration, RngStream)])``: a student per strategy on one set of
     teachers, each built in its own stream from the same start (as a group's students are);
-    ``drop_path`` > 0: DeiT-Tiny students resizing the 32-px batches to 16 px (patch 4) with ``--distill kd``, which draw inside
-    their steps."""
+    ``drop_path`` > 0: DeiT-Tiny students resizing the 32-px batches to 16 px (patch 4) with
+    ``--distill kd``, which draw inside their steps."""
     from bench_common import student_config, teachers_on
     from helper.checkpoint import rng_state
     from helper.group import RngStream, SharedTeachers
