@@ -91,3 +91,24 @@ def test_sharded_evaluation_equals_the_single_process_bit_for_bit(tmp_path):
             assert r[batch]["sharded"] == r[batch]["alone"]                # floats compared exactly
             assert r[batch]["sharded"] == results[0][batch]["sharded"]     # every rank gets the whole result
     assert set(results[0][8]["alone"]) == {"top1", "top5", "loss", "ensemble_top1", "ensemble_top5"}
+
+
+def test_streamed_test_loader_deals_batches_too(tmp_path):
+    """The image-folder path (worker-decoded files) shards its evaluation the same way, a rank
+    without a batch included."""
+    from dataset.base import DataSpec
+    from dataset.streaming import StreamingLoader
+    from image_files import picture, write_image
+    samples = [(str(write_image(tmp_path / f"{i}.png", picture(20, 24, i))), i % 2) for i in range(5)]
+    spec = DataSpec("files", 2, 16, 3, (0.5,) * 3, (0.25,) * 3, 5, 5)
+
+    def loader(rank, world, batch):
+        return StreamingLoader(samples, spec=spec, batch_size=batch, device="cpu", shuffle=False, views=("none",),
+                               role="test", rank=rank, world_size=world, shard="batches")
+    for batch, local in ((2, [[0, 2], [1]]), (8, [[0], []])):
+        single = list(loader(0, 1, batch))
+        for rank in range(2):
+            ld = loader(rank, 2, batch)
+            assert list(ld.batch_numbers()) == local[rank]
+            for k, (x, y) in zip(ld.batch_numbers(), ld):
+                assert torch.equal(x, single[k][0]) and torch.equal(y, single[k][1])
