@@ -2,9 +2,11 @@
 
 ``build_loaders`` returns ``Loaders(train, test, val, spec)``. The training loader shuffles and
 augments (``views``); the test and validation loaders serve every sample once, in order, with the
-'none' view. In a distributed run only the training loader is sharded: every rank evaluates the
-whole test set, which keeps accuracy exact (``DistributedSampler``-style padding would count a few
-test images twice) at the cost of redundant evaluation.
+'none' view. In a distributed run the training loader is sharded by samples (each rank a strided
+share of each epoch's permutation), the test and validation loaders by whole batches
+(``dataset.loader``, ``shard="batches"``): each rank evaluates its share of the single-process
+loader's batches, every image exactly once (no ``DistributedSampler``-style padding, which would
+count a few test images twice), and ``helper.evaluate`` adds the ranks' sums up.
 """
 from __future__ import annotations
 
@@ -114,11 +116,12 @@ def tensor_loaders(data: TensorData, *, options: DataOptions, batch_size: int, t
                          shuffle=True, views=views, with_index=with_index,
                          drop_last=options.drop_last, rank=rank, world_size=world_size,
                          source_indices=torch.as_tensor(keep), role="training")
+    shards = dict(rank=rank, world_size=world_size, shard="batches")     # evaluation: whole batches
     test = DeviceLoader(xte, yte, data.spec, batch_size=test_batch_size, device=device, seed=seed,
-                        shuffle=False, views=("none",), role="test")
+                        shuffle=False, views=("none",), role="test", **shards)
     val = DeviceLoader(xtr, ytr, data.spec, batch_size=test_batch_size, device=device, seed=seed,
                        shuffle=False, views=("none",), source_indices=torch.as_tensor(held),
-                       role="validation") if len(held) else None
+                       role="validation", **shards) if len(held) else None
     return Loaders(train, test, val, data.spec, data.note or resident_note(data, device))
 
 

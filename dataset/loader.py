@@ -16,12 +16,20 @@ Interface (shared by the device-resident loader here and the ImageNet folder loa
   resumed run bit-identical. Like ``DistributedSampler``, the epoch does not advance by itself:
   call ``set_epoch`` every epoch, or every epoch repeats epoch 0's order.
 
-Distributed (``rank``/``world_size``): every rank draws the same permutation of the served set
-and takes every ``world_size``-th element of it starting at ``rank`` (``DistributedSampler``'s
-rule), so shards are disjoint. Batch counts must be equal on all ranks or collective ops hang:
-with ``drop_last`` the permutation's tail is cut to a multiple of ``world_size`` and incomplete
-batches are dropped; without it the permutation is padded by repeating its head (a few samples
-are seen twice per epoch) and the last batch may be smaller.
+Distributed (``rank``/``world_size``), two ways of sharding (``shard``):
+
+- ``"samples"`` (training): every rank draws the same permutation of the served set and takes
+  every ``world_size``-th element of it starting at ``rank`` (``DistributedSampler``'s rule), so
+  shards are disjoint. Batch counts must be equal on all ranks or collective ops hang: with
+  ``drop_last`` the permutation's tail is cut to a multiple of ``world_size`` and incomplete
+  batches are dropped; without it the permutation is padded by repeating its head (a few samples
+  are seen twice per epoch) and the last batch may be smaller.
+- ``"batches"`` (evaluation): the unsharded loader's batches are dealt out whole, batch ``k`` to
+  rank ``k % world_size``; nothing is padded or repeated, so the ranks' batches together are
+  exactly the single-process loader's batches (each sample once, with the same batch
+  neighbours), and a rank may serve one batch fewer than another, or none.
+  ``batch_numbers()`` says which of the ``total_batches`` this rank serves, in order: what
+  ``helper.evaluate`` needs to add the ranks' sums up in the single-process order.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ from .augment import get_augmentation
 from .base import DataError, DataSpec, mix_seed
 
 STREAM_SHUFFLE, STREAM_AUGMENT = 1, 2
+SHARDS = ("samples", "batches")
 
 
 def as_views(views: Union[str, Sequence[str]]) -> Tuple[str, ...]:
@@ -44,14 +53,34 @@ def as_views(views: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     return views
 
 
+def total_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    """Batches of the unsharded loader."""
+    return num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
+
+
+def dealt_batches(num_samples: int, batch_size: int, *, rank: int, world_size: int,
+                  drop_last: bool) -> range:
+    """The numbers of the unsharded loader's batches that ``rank`` serves when whole batches are
+    dealt out (``shard="batches"``): ``rank, rank + world_size, ...``."""
+    return range(rank, total_batches(num_samples, batch_size, drop_last), world_size)
+
+
 def epoch_positions(num_samples: int, *, shuffle: bool, seed: int, epoch: int, rank: int,
-                    world_size: int, drop_last: bool) -> Tensor:
-    """The positions (CPU int64) that ``rank`` serves in ``epoch``, in order."""
+                    world_size: int, drop_last: bool, shard: str = "samples",
+                    batch_size: int = 1) -> Tensor:
+    """The positions (CPU int64) that ``rank`` serves in ``epoch``, in order (``batch_size``
+    matters for ``shard="batches"`` only)."""
     if shuffle:
         g = torch.Generator().manual_seed(mix_seed(seed, epoch, STREAM_SHUFFLE))
         order = torch.randperm(num_samples, generator=g)
     else:
         order = torch.arange(num_samples)
+    if world_size > 1 and shard == "batches":
+        b = batch_size
+        parts = [order[k * b:(k + 1) * b] for k in dealt_batches(num_samples, b, rank=rank,
+                                                                   world_size=world_size,
+                                                                   drop_last=drop_last)]
+        return torch.cat(parts) if parts else order[:0]
     if world_size > 1:
         if drop_last:
             order = order[: (num_samples // world_size) * world_size]
@@ -69,7 +98,9 @@ class BaseLoader:
 
     def __init__(self, spec: DataSpec, labels: Tensor, source_indices: Tensor, *, batch_size: int,
                  device, seed: int, shuffle: bool, views, with_index: bool, drop_last: bool,
-                 rank: int, world_size: int, role: str):
+                 rank: int, world_size: int, role: str, shard: str = "samples"):
+        if shard not in SHARDS:
+            raise DataError(f"shard must be one of {', '.join(SHARDS)}, got {shard!r}")
         for flag, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                                  ("rank", rank, 0), ("seed", seed, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -86,28 +117,53 @@ class BaseLoader:
         self.views = as_views(views)
         self.with_index = bool(with_index)
         self.drop_last = bool(drop_last)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.shard = rank, world_size, shard
         self.source_indices = source_indices.to("cpu", torch.int64)
         self.labels = labels.to("cpu", torch.int64)
         self.num_samples = len(self.source_indices)
         self.epoch = 0
         if self.num_samples == 0:
             raise DataError(f"the {spec.name} {role} set is empty")
-        if len(self) == 0:
+        if self.total_batches == 0 or (len(self) == 0 and not self.deals_batches):
             raise DataError(f"--batch_size {batch_size} is larger than the {self.samples_per_epoch} "
                             f"{role} samples per rank of {spec.name} with --drop_last; expected at "
                             f"most {self.samples_per_epoch}")
+
+    @property
+    def deals_batches(self) -> bool:
+        """Whether this loader is one rank's share of whole batches (``shard="batches"``)."""
+        return self.world_size > 1 and self.shard == "batches"
+
+    @property
+    def total_batches(self) -> int:
+        """Batches per epoch of all ranks together when whole batches are dealt out; else
+        ``len(self)``."""
+        if self.deals_batches:
+            return total_batches(self.num_samples, self.batch_size, self.drop_last)
+        return len(self)
+
+    def batch_numbers(self) -> range:
+        """Which of the ``total_batches`` this rank's batches are, in the order it serves them."""
+        if self.deals_batches:
+            return dealt_batches(self.num_samples, self.batch_size, rank=self.rank,
+                                 world_size=self.world_size, drop_last=self.drop_last)
+        return range(len(self))
 
     @property
     def samples_per_epoch(self) -> int:
         """Samples this rank serves per epoch (padding included, dropped tail excluded)."""
         if self.world_size == 1:
             return self.num_samples
+        if self.deals_batches:
+            b, n = self.batch_size, self.num_samples
+            return sum(min(b, n - k * b) for k in self.batch_numbers())
         if self.drop_last:
             return self.num_samples // self.world_size
         return math.ceil(self.num_samples / self.world_size)
 
     def __len__(self) -> int:
+        if self.deals_batches:
+            return len(self.batch_numbers())
         n = self.samples_per_epoch
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
@@ -120,7 +176,7 @@ class BaseLoader:
         """This rank's positions for the current epoch, cut to ``len(self)`` batches."""
         pos = epoch_positions(self.num_samples, shuffle=self.shuffle, seed=self.seed,
                               epoch=self.epoch, rank=self.rank, world_size=self.world_size,
-                              drop_last=self.drop_last)
+                              drop_last=self.drop_last, shard=self.shard, batch_size=self.batch_size)
         return pos[: len(self) * self.batch_size] if self.drop_last else pos
 
     def augment_generator(self) -> torch.Generator:
@@ -145,7 +201,8 @@ class DeviceLoader(BaseLoader):
     def __init__(self, images: Tensor, labels: Tensor, spec: DataSpec, *, batch_size: int, device,
                  seed: int = 0, shuffle: bool = True, views=("standard",), with_index: bool = False,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                 source_indices: Optional[Tensor] = None, role: str = "training"):
+                 source_indices: Optional[Tensor] = None, role: str = "training",
+                 shard: str = "samples"):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise DataError(f"images must be uint8 [N, C, H, W], got {images.dtype} "
                             f"{tuple(images.shape)}")
@@ -155,7 +212,7 @@ class DeviceLoader(BaseLoader):
         super().__init__(spec, labels.cpu()[source_indices], source_indices, batch_size=batch_size,
                          device=device, seed=seed, shuffle=shuffle, views=views,
                          with_index=with_index, drop_last=drop_last, rank=rank,
-                         world_size=world_size, role=role)
+                         world_size=world_size, role=role, shard=shard)
         self._augment = [get_augmentation(v) for v in self.views]
         self._images = images.to(self.device)
         self._all_labels = labels.to(self.device, torch.int64)

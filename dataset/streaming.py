@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -55,11 +55,12 @@ class StreamingData:
                                 batch_size=batch_size, shuffle=True, views=views, with_index=with_index,
                                 drop_last=options.drop_last, rank=rank, world_size=world_size,
                                 role="training", **common)
+        shards = dict(rank=rank, world_size=world_size, shard="batches")   # evaluation: whole batches
         test = StreamingLoader(self.test_samples, batch_size=test_batch_size, shuffle=False,
-                               views=("none",), role="test", **common)
+                               views=("none",), role="test", **common, **shards)
         val = StreamingLoader(self.train_samples, source_indices=torch.as_tensor(held),
                               batch_size=test_batch_size, shuffle=False, views=("none",),
-                              role="validation", **common) if len(held) else None
+                              role="validation", **common, **shards) if len(held) else None
         return Loaders(train, test, val, self.spec, self.note)
 
 
@@ -121,7 +122,8 @@ class StreamingLoader(BaseLoader):
     def __init__(self, samples: Sequence[Sample], *, spec: DataSpec, batch_size: int, device,
                  seed: int = 0, shuffle: bool = True, views=("standard",), with_index: bool = False,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 source_indices: Optional[Tensor] = None, role: str = "training"):
+                 source_indices: Optional[Tensor] = None, role: str = "training",
+                 shard: str = "samples"):
         all_labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
         if source_indices is None:
             source_indices = torch.arange(len(samples))
@@ -129,7 +131,7 @@ class StreamingLoader(BaseLoader):
         super().__init__(spec, all_labels[source_indices], source_indices, batch_size=batch_size,
                          device=device, seed=seed, shuffle=shuffle, views=views,
                          with_index=with_index, drop_last=drop_last, rank=rank,
-                         world_size=world_size, role=role)
+                         world_size=world_size, role=role, shard=shard)
         self.num_workers = num_workers
         self._dataset = _ImageFiles(samples, self.views, spec.image_size)
         self._mean = torch.tensor(spec.mean, device=self.device).view(1, -1, 1, 1)

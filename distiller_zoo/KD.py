@@ -21,7 +21,7 @@ standardization when the flag is on.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F

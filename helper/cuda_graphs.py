@@ -26,6 +26,16 @@ ensemble weights, the optimiser step -- once and replays it with one launch:
 The default stays ``off`` until ``scripts/gpu_check.sh`` has verified capture on a GPU
 (``benchmarks/compare_graphs.py``); it then becomes ``capture`` for CUDA.
 
+A group of students (``helper.group``) is captured per member: each batch is copied once into
+static buffers that every member's step reads in place (``StaticBatches``, ``shared_inputs``), the
+teachers' forward on them is one graph of its own, replayed once per batch before the members'
+steps (``helper.group.GroupStage``), and each member's step is its own graph reading the teachers'
+outputs from that graph's static outputs. Random draws inside a member's graph (a ViT's drop path)
+come from the member's own stream: PyTorch registers the default CUDA generator to every graph it
+captures, and a replay reads that generator's seed and offset *at replay time* and advances the
+offset by what the graph consumes; the member's ``RngStream`` swaps its own state in around the
+replay and keeps the advanced state, so a member's captured draws are those of its eager steps.
+
 Where a run cannot be captured -- not CUDA, an fp16 gradient scaler (host reads), torchrun
 (DistributedDataParallel), an optimiser other than SGD, or a loss/strategy/task whose class says
 ``capturable = False`` (data-dependent shapes, host reads) -- the step runs eagerly and one line
@@ -35,7 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from typing import Callable, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import Tensor
@@ -147,8 +157,8 @@ class DeviceLRSGD(torch.optim.SGD):
 
 # -- what cannot be captured -------------------------------------------------------------------------
 
-def capture_blockers(task, optimizer, config, scaler=None, distributed: bool = False) -> List[str]:
-    """Why this run's step cannot be captured (empty: it can). Each reason is a short phrase."""
+def run_blockers(config, scaler=None, distributed: bool = False) -> List[str]:
+    """Why nothing of this run can be captured, whatever its task (empty: it can be)."""
     reasons = []
     if not str(config.device).startswith("cuda"):
         reasons.append(f"device {config.device} is not CUDA")
@@ -158,6 +168,12 @@ def capture_blockers(task, optimizer, config, scaler=None, distributed: bool = F
         reasons.append("--compile is not combined with a hand-made capture (--cuda_graphs compile does both)")
     if distributed:
         reasons.append("DistributedDataParallel under torchrun is not captured here")
+    return reasons
+
+
+def capture_blockers(task, optimizer, config, scaler=None, distributed: bool = False) -> List[str]:
+    """Why this run's step cannot be captured (empty: it can). Each reason is a short phrase."""
+    reasons = run_blockers(config, scaler, distributed)
     if not isinstance(optimizer, DeviceLRSGD):
         reasons.append(f"optimiser {type(optimizer).__name__} has no device-lr step here (SGD only)")
     for obj in task.step_objects():
@@ -168,35 +184,87 @@ def capture_blockers(task, optimizer, config, scaler=None, distributed: bool = F
 
 # -- the graphed step ---------------------------------------------------------------------------------
 
-def _static_like(data):
+def static_like(data):
+    """Empty tensors shaped as ``data``'s (a tensor, or nested tuples/lists of them)."""
     if isinstance(data, Tensor):
         return torch.empty_like(data)
     if isinstance(data, (tuple, list)):
-        return type(data)(_static_like(d) for d in data)
+        return type(data)(static_like(d) for d in data)
     return data
 
 
-def _copy_into(static, data):
+def copy_into(static, data):
+    """``data`` copied into the buffers ``static`` (same structure)."""
     if isinstance(static, Tensor):
         static.copy_(data, non_blocking=True)
     elif isinstance(static, (tuple, list)):
         for s, d in zip(static, data):
-            _copy_into(s, d)
+            copy_into(s, d)
 
 
-def _signature(data):
+def signature(data):
+    """Shapes, dtypes, devices and strides of ``data``: what static buffers must match."""
     if isinstance(data, Tensor):
         return (tuple(data.shape), data.dtype, data.device, data.stride())
     if isinstance(data, (tuple, list)):
-        return tuple(_signature(d) for d in data)
+        return tuple(signature(d) for d in data)
     return data
 
 
-def _no_cache(autocast):
+def no_cache(autocast):
     """Autocast's weight-cast cache must be off inside a graph capture (PyTorch docs)."""
     if isinstance(autocast, torch.autocast):
         return torch.autocast(autocast.device, dtype=autocast.fast_dtype, cache_enabled=False)
     return autocast
+
+
+def flat_tensors(data) -> List[Tensor]:
+    """The tensors of ``data`` (a tensor, or nested tuples/lists of them), in order."""
+    if isinstance(data, Tensor):
+        return [data]
+    if isinstance(data, (tuple, list)):
+        return [t for d in data for t in flat_tensors(d)]
+    return []
+
+
+def same_tensors(a, b) -> bool:
+    """Whether ``a`` and ``b`` hold the very same tensor objects (same structure)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a is b
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class StaticBatches:
+    """A group's static input buffers, one set per loader (``views``): each batch is copied in
+    once, and every member's step reads the same tensors in place (``GraphedStep(...,
+    shared_inputs=True)``), so the shared teachers' outputs are computed once per batch and view
+    (``helper.group.SharedTeachers`` keys them by the tensors) and a captured graph finds its
+    inputs where it was captured. A batch whose shapes differ from the buffers (a last partial
+    batch) is handed on as it is (the steps then run eagerly on it)."""
+
+    def __init__(self):
+        self.buffers: Dict[tuple, Any] = {}
+        self.sigs: Dict[tuple, Any] = {}
+
+    def __call__(self, batches: Dict[tuple, Any]) -> Dict[tuple, Any]:
+        out = {}
+        for views, batch in batches.items():
+            sig = signature(batch)
+            if views not in self.buffers:
+                self.buffers[views], self.sigs[views] = static_like(batch), sig
+            if sig != self.sigs[views]:
+                out[views] = batch
+                continue
+            copy_into(self.buffers[views], batch)
+            out[views] = self.buffers[views]
+        return out
+
+    def holds(self, batches: Dict[tuple, Any]) -> bool:
+        """Whether every batch of ``batches`` is this object's buffers (not a passed-on one)."""
+        return all(views in self.buffers and same_tensors(batch, self.buffers[views])
+                   for views, batch in batches.items())
 
 
 class GraphedStep:
@@ -207,12 +275,20 @@ class GraphedStep:
     device); ``mode="capture"`` warms up on a side stream, captures at the first step of each
     epoch after warm-up, and replays. A batch whose shapes differ from the static buffers (a last
     partial batch without ``drop_last``) runs eagerly on its own tensors. The step's output is the
-    captured one (its tensors are rewritten by each replay): the trainer reads it after each step."""
+    captured one (its tensors are rewritten by each replay): the trainer reads it after each step.
 
-    def __init__(self, step, mode: str, log: Callable[[str], None] = print, warmup: int = WARMUP_STEPS):
+    A member of a group (``shared_inputs=True``) is handed the group's static buffers
+    (``StaticBatches``) and copies nothing: the tensors of its first batch are its inputs, and a
+    batch made of other tensors runs eagerly. ``ready()`` says whether it may capture yet (the
+    group's teacher outputs are in static buffers: ``helper.group.GroupStage.ready``); until then
+    it steps eagerly on the static buffers."""
+
+    def __init__(self, step, mode: str, log: Callable[[str], None] = print, warmup: int = WARMUP_STEPS,
+                 shared_inputs: bool = False, ready: Callable[[], bool] = lambda: True):
         if mode not in ("static", "capture"):
             raise ValueError(f"GraphedStep: mode {mode!r}; expected static or capture")
         self.eager_step, self.mode, self.log, self.warmup = step, mode, log, warmup
+        self.shared_inputs, self.ready = shared_inputs, ready
         self.static = None
         self.sig = None
         self.graph = None
@@ -223,12 +299,18 @@ class GraphedStep:
         self.replays = 0
 
     def __call__(self, data, epoch, optimizer, scaler=None, autocast=contextlib.nullcontext()):
-        sig = _signature(data)
-        if self.static is None:
-            self.static, self.sig = _static_like(data), sig
-        if sig != self.sig:
-            return self.eager_step(data, epoch, optimizer, scaler, autocast)
-        _copy_into(self.static, data)
+        if self.shared_inputs:
+            if self.static is None:
+                self.static = data
+            if not same_tensors(data, self.static):
+                return self.eager_step(data, epoch, optimizer, scaler, autocast)
+        else:
+            sig = signature(data)
+            if self.static is None:
+                self.static, self.sig = static_like(data), sig
+            if sig != self.sig:
+                return self.eager_step(data, epoch, optimizer, scaler, autocast)
+            copy_into(self.static, data)
         if self.mode == "static":
             return self.eager_step(self.static, epoch, optimizer, scaler, autocast)
         if self.graph is not None and self.graph_epoch == epoch:
@@ -236,6 +318,8 @@ class GraphedStep:
         if self.warm < self.warmup:
             self.warm += 1
             return self._side_stream(lambda: self.eager_step(self.static, epoch, optimizer, scaler, autocast))
+        if not self.ready():
+            return self.eager_step(self.static, epoch, optimizer, scaler, autocast)
         try:
             self._capture(epoch, optimizer, autocast)
         except Exception as exc:   # an op that cannot be captured: say which, then step eagerly
@@ -259,7 +343,7 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):
-            self.out = self.eager_step(self.static, epoch, optimizer, None, _no_cache(autocast))
+            self.out = self.eager_step(self.static, epoch, optimizer, None, no_cache(autocast))
         self.graph_epoch = epoch
         self.captures += 1
 
@@ -269,14 +353,28 @@ class GraphedStep:
         return self.out
 
 
-def step_function(task, optimizer, config, log: Callable[[str], None], scaler=None, distributed: bool = False):
+def stage_mode(config, distributed: bool = False) -> str:
+    """The mode of a group's shared stage (``helper.group.GroupStage``) under ``--cuda_graphs``:
+    ``off`` for off and compile; ``static`` for static, and for capture where nothing of the run
+    can be captured (each member's step then says why); ``capture`` otherwise."""
+    mode = config.cuda_graphs
+    if mode in ("off", "compile"):
+        return "off"
+    if mode == "capture" and run_blockers(config, distributed=distributed):
+        return "static"
+    return mode
+
+
+def step_function(task, optimizer, config, log: Callable[[str], None], scaler=None, distributed: bool = False,
+                  group=None):
     """``--cuda_graphs`` applied to a built task and its SGD optimiser: ``(step function, optimiser)``
     for the trainer.
 
     ``off``: the task's eager ``train_step``. ``static``/``capture``: ``DeviceLRSGD`` in place of SGD
     and the step wrapped in ``GraphedStep`` (``capture`` runs eagerly, with a line naming why, where
     it cannot be captured). ``compile``: the networks compiled with ``mode="reduce-overhead"`` on
-    CUDA, the step itself eager."""
+    CUDA, the step itself eager. ``group``: the ``helper.group.GroupStage`` of a group's member,
+    whose static buffers and teacher outputs the step reads."""
     mode = config.cuda_graphs
     if mode == "off":
         return task.train_step, optimizer
@@ -294,6 +392,13 @@ def step_function(task, optimizer, config, log: Callable[[str], None], scaler=No
         if reasons:
             log(f"--cuda_graphs capture: the step runs eagerly ({'; '.join(reasons)})")
             return task.train_step, optimizer
+    if group is not None:
+        log(f"--cuda_graphs {mode}: " + ("this student's step is captured once per epoch and replayed, reading "
+                                         "the group's static batch and the teachers' outputs of the group's "
+                                         "teacher graph" if mode == "capture" else
+                                         "this student's step restructured for capture runs eagerly on the "
+                                         "group's static batch (device lr)"))
+        return GraphedStep(task.train_step, mode, log, shared_inputs=True, ready=group.ready), optimizer
     log(f"--cuda_graphs {mode}: " + ("the training step is captured once per epoch and replayed"
                                      if mode == "capture" else
                                      "the step restructured for capture runs eagerly (static buffers, device lr)"))

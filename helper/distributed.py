@@ -6,8 +6,16 @@
 Each process (rank) trains on its own shard of the device-resident data, with a per-epoch seeded
 permutation shared by all ranks; gradients are averaged by DistributedDataParallel; only rank 0
 writes checkpoints, logs, TensorBoard events and the manifest; ``--resume`` works the same (every
-rank reads the last checkpoint). ``--batch_size`` stays the global batch, split over the ranks, as
-RepDistiller's and CA-MKD's distributed modes do. NCCL on CUDA, gloo on the CPU.
+rank reads the last checkpoint: on several nodes the save folder must be on a filesystem they all
+read). ``--batch_size`` stays the global batch, split over the ranks, as RepDistiller's and CA-MKD's
+distributed modes do. NCCL on CUDA, gloo on the CPU.
+
+The epoch's training figures are summed over the ranks (``helper.trainer.EpochAccumulator``);
+evaluation deals whole test batches out to the ranks and adds their sums in the single-process
+order (``helper.evaluate``). A group of students wraps each student's objective in its own DDP;
+the members step in the same order on every rank, so their collectives pair up.
+``tests/test_distributed.py`` runs a teacher and a group on two nodes on loopback (two
+``torchrun --nnodes 2`` launchers), killed and resumed.
 """
 from __future__ import annotations
 

@@ -102,12 +102,6 @@ def resolve(parser, ns, stand_values: Optional[Sequence[bool]] = None,
         per_rank = distributed.rank_settings(ctx, common["device"], ns.batch_size)
     except ValueError as exc:
         fail(parser, str(exc))
-    if len(choices) > 1 and ctx.enabled:
-        fail(parser, "a group of students (lists in --distill/--ensemble_method, --logit-stand both) runs in one "
-                     "process; torchrun is not supported for groups: start one run per student")
-    if len(choices) > 1 and ns.cuda_graphs != "off":
-        fail(parser, f"--cuda_graphs {ns.cuda_graphs}: a group of students runs its steps eagerly; use "
-                     f"--cuda_graphs off (the default) with lists in --distill/--ensemble_method")
     fold_bn = common["device"].startswith("cuda") if ns.fold_bn is None else ns.fold_bn
     base = RunConfig.from_namespace(ns, **common, teacher_num=teacher_num, fold_bn=fold_bn, **per_rank)
     base = base.replace(backend_mode=backend_description(base.deterministic, base.device))

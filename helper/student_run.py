@@ -33,8 +33,8 @@ from .checkpoint import checkpoint_paths, load_for_resume, rng_state, state_mism
 from .distributed import DistContext
 from .errors import NonFiniteLoss, RunError
 from .evaluate import evaluate
-from .execution import apply_backend, memory_format
-from .group import RngStream, SharedTeachers, measured_first_step
+from .execution import apply_backend, autocast_context, memory_format
+from .group import GroupStage, RngStream, SharedTeachers, measured_first_step
 from .init_stage import run_init_stage
 from .objective import ObjectiveSchedule
 from .options import model_options, trial_seed
@@ -249,9 +249,9 @@ class StudentRun:
                 runfolder.check_free(s.run_dir, s.config.overwrite)
 
     # -- one student --------------------------------------------------------------------------------
-    def start_student(self, s: Student, shared: SharedParts):
+    def start_student(self, s: Student, shared: SharedParts, stage: Optional[GroupStage] = None):
         """Logger, records, connector pre-training, optimiser, step function, trainer (and resume)
-        of a student whose objective is built, in its stream."""
+        of a student whose objective is built, in its stream; ``stage``: its group's."""
         config, ctx, spec, loaders = s.config, self.ctx, shared.spec, shared.loaders[s.plan.views]
         objective, teachers = s.objective, shared.teachers
         s.run = run = RunLogger(s.run_dir, echo=not config.quiet, fresh=not config.resume, enabled=ctx.is_main)
@@ -285,7 +285,8 @@ class StudentRun:
         if not config.resume:
             run_init_stage(objective, loaders.train, config, run.info)
         optimizer = build_optimizer(task.trainable(), config)
-        step, optimizer = cuda_graphs.step_function(task, optimizer, config, run.info, distributed=ctx.enabled)
+        step, optimizer = cuda_graphs.step_function(task, optimizer, config, run.info, distributed=ctx.enabled,
+                                                    group=stage)
         meta = {"arch": config.model_s, "num_classes": spec.num_classes, "dataset": spec.name, "trial": config.trial,
                 "distill": config.distill, "ensemble_method": config.ensemble_method, "seed": shared.seed,
                 "teachers": teachers.names, "teacher_archs": shared.archs,
@@ -318,21 +319,26 @@ class StudentRun:
                 s.lock = claim
         self.run_dir = self.students[0].run_dir
         try:
+            group = self.plan.is_group
+
+            def log_all(line):            # a line about the whole group, in every student's log
+                for t in self.students:
+                    t.run.info(line)
+
+            stage = GroupStage(teachers, cuda_graphs.stage_mode(config, ctx.enabled), log=log_all,
+                               autocast=autocast_context(config.device, config.amp)) if group else None
             try:
                 for s in self.students:
                     with s.stream:
-                        self.start_student(s, shared)
+                        self.start_student(s, shared, stage)
             except Exception:             # a start that fails before training leaves no new run's folder
                 for s in self.students:
                     if s.lock is not None:
                         s.lock.abandon()
                         s.lock = None
                 raise
-            group = self.plan.is_group
-            summaries = fit([s.member for s in self.students], shared.loaders, config.epochs,
-                            teachers=teachers if group else None,
-                            first_step=partial(measured_first_step, device=config.device,
-                                               log=lambda line: [s.run.info(line) for s in self.students])
+            summaries = fit([s.member for s in self.students], shared.loaders, config.epochs, stage=stage,
+                            first_step=partial(measured_first_step, device=config.device, log=log_all)
                             if group else None)
         except DataError as exc:          # a file that fails to decode in the middle of an epoch
             raise RunError(exc, code=1) from None

@@ -280,13 +280,17 @@ def member_step(m: Member, batches, step: int, epoch: int):
         raise
 
 
-def fit(members: Sequence[Member], loaders_by_views: Dict[tuple, Any], epochs: int, teachers=None,
+def fit(members: Sequence[Member], loaders_by_views: Dict[tuple, Any], epochs: int, stage=None,
         first_step: Optional[Callable] = None) -> List[Dict[str, Any]]:
     """Train every member up to ``epochs`` on shared batches; returns their summaries. Each
     member's trainer has been built (and resumed) in its own stream; members that resumed further
-    along skip the epochs they have (a kill between two members' checkpoints). ``teachers``: the
-    group's ``SharedTeachers`` (cleared after each batch); ``first_step``: the group's measured
-    first step (``helper.group.measured_first_step``), called in place of the members' first steps."""
+    along skip the epochs they have (a kill between two members' checkpoints). ``stage``: the
+    group's ``helper.group.GroupStage``, which prepares what the members share before their steps
+    (the teachers' outputs; under ``--cuda_graphs`` static buffers and the teacher graph);
+    ``first_step``: the group's measured first step (``helper.group.measured_first_step``), called
+    in place of the members' first steps. Each member's step output (a captured step's: rewritten
+    by its next replay) is added to its epoch's figures right after the step
+    (``Trainer.train_batch``)."""
     start = min(m.trainer.start_epoch for m in members)
     for epoch in range(start, epochs + 1):
         active = [m for m in members if m.trainer.start_epoch <= epoch]
@@ -299,16 +303,16 @@ def fit(members: Sequence[Member], loaders_by_views: Dict[tuple, Any], epochs: i
         steps = len(next(iter(loaders_by_views.values())).train)
         for step in range(1, steps + 1):
             batches = {views: next(it) for views, it in iterators.items()}
-            if teachers is not None:
-                teachers.clear()
+            if stage is not None:
+                batches = stage.prepare(batches)
             if first_step is not None:
                 first_step(active, batches, step, epoch)
                 first_step = None
             else:
                 for m in active:
                     member_step(m, batches, step, epoch)
-        if teachers is not None:
-            teachers.clear()
+        if stage is not None:
+            stage.end_epoch()
         for m in active:
             with m.stream:
                 m.trainer.end_epoch(epoch)

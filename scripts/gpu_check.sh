@@ -13,9 +13,12 @@
 #    when it is installed, serially otherwise;
 # 2. the main job on synthetic CIFAR-100-sized data (50,000 + 10,000 images, 100 classes, 32 px):
 #    three resnet32x4 teachers for one epoch; a vgg8 student, --distill inter, two epochs under
-#    CAMKD, one under AEKD, two with --compile;
+#    CAMKD, one under AEKD, two with --compile; a group of four students (one per strategy) for
+#    two epochs with --cuda_graphs capture (teachers one graph, each student's step its own);
+#    with 2+ GPUs, a group of two under torchrun (NCCL; each student in its own DDP);
 # 3. the benchmarks (benchmarks/bench_student.py, bench_teacher.py, bench_group.py, bench_data.py) on the GPU, and
-#    benchmarks/compare_graphs.py (captured CUDA-graph steps against eager steps);
+#    benchmarks/compare_graphs.py (captured CUDA-graph steps against eager steps, a group's
+#    included) with bf16 autocast and tolerance, then --deterministic --no-amp (bit for bit);
 # 4. one summary: commit, device, PyTorch version, tests passed/failed, seconds per epoch of every
 #    run (metrics.jsonl's epoch_time), the benchmark ratios, peak GPU memory, and a last line
 #    "GPU PATH HEALTHY" or "GPU PATH BROKEN: <what>" (exit status 0 or 1).
@@ -88,20 +91,29 @@ RUNS=(
     "student_camkd|${STUDENT[*]} --ensemble_method CAMKD --epochs 2 --tag gpucheck-camkd"
     "student_aekd|${STUDENT[*]} --ensemble_method AEKD --epochs 1 --tag gpucheck-aekd"
     "student_compile|${STUDENT[*]} --ensemble_method CAMKD --epochs 2 --compile --tag gpucheck-compile"
+    "student_group|${STUDENT[*]} --ensemble_method AVERAGE_LOSS,EBKD,AEKD,CAMKD --epochs 2 --cuda_graphs capture --tag gpucheck-group"
 )
+# a group under torchrun (issue 26 item 4): NCCL needs a GPU per process, so only with 2+ GPUs
+DDP_GROUP=("$PY" -m torch.distributed.run --standalone --nproc_per_node 2 train_student.py "${COMMON[@]}" --model_s vgg8
+           --teacher_num 3 --distill inter --ensemble_method AVERAGE_LOSS,CAMKD --epochs 1 --tag gpucheck-ddp-group)
 BENCH_STUDENT=("$PY" benchmarks/bench_student.py --device cuda)
 BENCH_DATA=("$PY" benchmarks/bench_data.py --device cuda --json)
 BENCH_TEACHER=("$PY" benchmarks/bench_teacher.py --device cuda)
 BENCH_GROUP=("$PY" benchmarks/bench_group.py --device cuda)
-# whole-step CUDA graphs (issue 18): 20 captured against 20 eager steps from the same state
+# whole-step CUDA graphs (issue 18; groups: issue 28 item 2): 20 captured against 20 eager steps from
+# the same state, with tolerance under bf16 autocast, then bit for bit
 COMPARE_GRAPHS=("$PY" benchmarks/compare_graphs.py)
+COMPARE_GRAPHS_EXACT=("$PY" benchmarks/compare_graphs.py --deterministic --no-amp)
 
 if [ "$DRY" = 1 ]; then
     echo "# gpu_check.sh --dry-run: the commands, in order (work folder: a fresh $WORK)"
     echo "export CUBLAS_WORKSPACE_CONFIG=$CUBLAS_WORKSPACE_CONFIG"
     [ "$TESTS" = 1 ] && echo "${PYTEST[*]}"
     for run in "${RUNS[@]}"; do echo "${run#*|}"; done
+    echo "# with 2+ GPUs only:"
+    echo "${DDP_GROUP[*]}"
     echo "${COMPARE_GRAPHS[*]}"
+    echo "${COMPARE_GRAPHS_EXACT[*]}"
     echo "${BENCH_STUDENT[*]}"
     echo "${BENCH_TEACHER[*]}"
     echo "${BENCH_GROUP[*]}"
@@ -179,7 +191,6 @@ for run in "${RUNS[@]}"; do
     run_script "$name" "${cmd[@]:1}"
 done
 
-echo "==> 3/3 compare_graphs.py and the benchmarks"
 bench() {   # bench NAME CMD...: a benchmark under the budget, its log and status in $LOGS
     local name=$1 t0
     shift
@@ -188,7 +199,16 @@ bench() {   # bench NAME CMD...: a benchmark under the budget, its log and statu
     echo "$? $(( $(date +%s) - t0 ))" > "$LOGS/$name.status"
     echo "    $name: exit $(cut -d' ' -f1 "$LOGS/$name.status"), $(( $(date +%s) - t0 )) s"
 }
+if [ "$("$PY" -c "import torch; print(torch.cuda.device_count())")" -ge 2 ]; then
+    echo "    ${DDP_GROUP[*]}"
+    bench ddp_group "${DDP_GROUP[@]}"
+else
+    echo "    ddp_group: skipped (one GPU; the two-node and group-under-torchrun tests run on the CPU in the suite)"
+fi
+
+echo "==> 3/3 compare_graphs.py and the benchmarks"
 bench compare_graphs "${COMPARE_GRAPHS[@]}"
+bench compare_graphs_exact "${COMPARE_GRAPHS_EXACT[@]}"
 bench bench_student "${BENCH_STUDENT[@]}"
 bench bench_teacher "${BENCH_TEACHER[@]}"
 bench bench_group "${BENCH_GROUP[@]}"
@@ -235,7 +255,8 @@ else:
 
 print("runs     seconds per epoch (metrics.jsonl epoch_time), peak GPU memory:")
 for name, pattern in (("teachers", "teachers/*"), ("student_camkd", "students/*gpucheck-camkd*"),
-                      ("student_aekd", "students/*gpucheck-aekd*"), ("student_compile", "students/*gpucheck-compile*")):
+                      ("student_aekd", "students/*gpucheck-aekd*"), ("student_compile", "students/*gpucheck-compile*"),
+                      ("student_group", "students/*gpucheck-group*"), ("ddp_group", "students/*gpucheck-ddp-group*")):
     code, secs = status(name)
     times = []
     for folder in sorted(glob.glob(os.path.join(work, "save", pattern))):
@@ -244,9 +265,21 @@ for name, pattern in (("teachers", "teachers/*"), ("student_camkd", "students/*g
             times.append([json.loads(line)["epoch_time"] for line in open(path) if line.strip()])
     epochs = "; ".join(", ".join(f"{t:.1f}" for t in run) for run in times) or "no epochs recorded"
     peak = read(f"{name}.peak_mib").strip() or "?"
+    if name == "ddp_group" and code is None:
+        print(f"  {name:16s} skipped (needs 2 GPUs)")
+        continue
     print(f"  {name:16s} exit {code}, {secs} s in all; s/epoch: {epochs}; peak {peak} MiB")
     if code != 0 or not times:
         problems.append(f"{name} failed (see {logs}/{name}.log)")
+# the captured group: the teachers' graph was captured and no student's capture failed
+group_logs = "".join(open(p).read() for p in glob.glob(os.path.join(work, "save", "students", "*gpucheck-group*",
+                                                                      "log.txt")))
+captured = "the teachers' forward on the group's static batch is one graph" in group_logs
+fell_back = "capture failed" in group_logs or "could not be captured" in group_logs
+print(f"  group capture    teachers' graph {'captured' if captured else 'NOT captured'}; "
+      f"{'a capture FAILED' if fell_back else 'no capture failed'}")
+if group_logs and (not captured or fell_back):
+    problems.append("the group's capture (see the gpucheck-group run folders' log.txt)")
 
 code, _ = status("bench_student")
 # method, cuda_graphs mode, ours img/s, reference img/s, ratio, ours MiB, reference MiB
@@ -269,9 +302,9 @@ for mode, ours, plain, ratio, om, _ in rows:
 if code != 0 or not rows:
     problems.append(f"bench_teacher.py failed (see {logs}/bench_teacher.log)")
 code, _ = status("bench_group")
-ratio = re.search(r"^group of \d+: .*$", read("bench_group.log"), re.M)
-print("bench    bench_group.py: " + (ratio.group(0) if ratio else "no result"))
-if code != 0 or not ratio:
+ratios = re.findall(r"^group of \d+(?: \(\w+\))?: .*$", read("bench_group.log"), re.M)
+print("bench    bench_group.py: " + ("\n         ".join(ratios) if ratios else "no result"))
+if code != 0 or not ratios:
     problems.append(f"bench_group.py failed (see {logs}/bench_group.log)")
 code, _ = status("bench_data")
 data = [json.loads(line) for line in read("bench_data.log").splitlines() if line.startswith("{")]
@@ -281,10 +314,15 @@ if data:
           f"{d['conventional_images_per_s']:.0f} img/s, ratio {d['ratio']:.2f}x")
 if code != 0 or not data:
     problems.append(f"bench_data.py failed (see {logs}/bench_data.log)")
-code, _ = status("compare_graphs")
-print("graphs   compare_graphs.py: " + {0: "captured steps equal eager steps", 124: "timed out"}.get(code, "DIFFERENT"))
-if code != 0:
-    problems.append(f"compare_graphs.py failed (see {logs}/compare_graphs.log)")
+for name, how in (("compare_graphs", "bf16, tolerance"), ("compare_graphs_exact", "--deterministic --no-amp")):
+    code, _ = status(name)
+    print(f"graphs   compare_graphs.py ({how}): "
+          + {0: "captured steps equal eager steps", 124: "timed out"}.get(code, "DIFFERENT"))
+    for line in read(f"{name}.log").splitlines():
+        if line.startswith(("ok ", "FAIL")):
+            print(f"           {line}")
+    if code != 0:
+        problems.append(f"compare_graphs.py ({how}) failed (see {logs}/{name}.log)")
 print(f"total    {total} s; logs and runs in {work}")
 print("GPU PATH HEALTHY" if not problems else "GPU PATH BROKEN: " + "; ".join(problems))
 sys.exit(1 if problems else 0)

@@ -165,3 +165,40 @@ def test_eval_batch_size_default_keeps_cpu_batches():
     assert cuda_graphs.eval_batch_size(ns) == 1024
     ns.eval_batch_size = 200
     assert cuda_graphs.eval_batch_size(ns) == 200
+
+
+def test_group_member_step_reads_the_shared_buffers_in_place():
+    """A group member's GraphedStep (shared_inputs) copies nothing: the tensors of its first batch
+    are its inputs (the group's static buffers), a batch of other tensors runs eagerly on those,
+    and in capture mode it captures only once the group says its teacher outputs are static."""
+    seen = []
+
+    def step(batch, epoch, optimizer, scaler=None, autocast=None):
+        seen.append(batch)
+        return "eager"
+
+    shared = (torch.zeros(2, 3), torch.zeros(2))
+    g = GraphedStep(step, "static", shared_inputs=True)
+    g(shared, 1, None)
+    other = (torch.ones(1, 3), torch.ones(1))
+    g(other, 1, None)
+    g((shared[0], shared[1]), 1, None)                    # a new tuple of the same tensors: the static batch
+    assert seen[0] is shared and seen[1] is other and seen[2] is shared and g.static is shared
+    waiting = GraphedStep(step, "capture", warmup=0, shared_inputs=True, ready=lambda: False)
+    assert waiting(shared, 1, None) == "eager" and waiting.captures == 0 and waiting.graph is None
+
+
+def test_static_batches_and_stage_modes():
+    from helper.cuda_graphs import StaticBatches, stage_mode
+    buffers = StaticBatches()
+    a = {("standard",): (torch.ones(2, 3), torch.zeros(2, dtype=torch.long))}
+    first = buffers(a)
+    assert first[("standard",)][0] is not a[("standard",)][0] and buffers.holds(first) and not buffers.holds(a)
+    second = buffers({("standard",): (torch.full((2, 3), 2.0), torch.ones(2, dtype=torch.long))})
+    assert second[("standard",)][0] is first[("standard",)][0] and second[("standard",)][0].eq(2).all()
+    config = step_config()
+    assert [stage_mode(config.replace(cuda_graphs=m)) for m in ("off", "static", "capture", "compile")] == \
+        ["off", "static", "static", "off"]                 # on a CPU capture cannot be
+    cuda = as_if_on(config, "cuda")
+    assert stage_mode(cuda.replace(cuda_graphs="capture")) == "capture"
+    assert stage_mode(cuda.replace(cuda_graphs="capture"), distributed=True) == "static"

@@ -32,20 +32,25 @@ def test_dry_run_prints_the_whole_check_in_order():
              "bench_data" if "bench_data.py" in l else "compare_graphs" if "compare_graphs.py" in l else
              "bench_teacher" if "bench_teacher.py" in l else "bench_group" if "bench_group.py" in l else "env"
              for l in lines]
-    assert kinds == ["env", "pytest", "teacher", "student", "student", "student", "compare_graphs", "bench_student",
-                     "bench_teacher", "bench_group", "bench_data"]
+    assert kinds == ["env", "pytest", "teacher", "student", "student", "student", "student", "student",
+                     "compare_graphs", "compare_graphs", "bench_student", "bench_teacher", "bench_group", "bench_data"]
     assert lines[0] == "export CUBLAS_WORKSPACE_CONFIG=:4096:8"
 
     teacher = train_teacher.build_parser().parse_args(script_args(lines[2], "train_teacher.py"))
     assert (teacher.model, teacher.dataset, teacher.epochs, teacher.trials) == ("resnet32x4", "synthetic", 1, "0,1,2")
-    students = [train_student.build_parser().parse_args(script_args(l, "train_student.py")) for l in lines[3:6]]
+    students = [train_student.build_parser().parse_args(script_args(l, "train_student.py")) for l in lines[3:8]]
     for s in students:
         assert (s.model_s, s.teacher_num, s.distill, s.dataset) == ("vgg8", 3, "inter", "synthetic")
         assert s.save_dir == teacher.save_dir               # the students find the teachers just trained
-    assert [(s.ensemble_method, s.epochs, s.compile) for s in students] == [
-        ("CAMKD", 2, False), ("AEKD", 1, False), ("CAMKD", 2, True)]
-    assert len({s.tag for s in students}) == 3              # three run folders
-    assert all("--device cuda" in line for line in lines[7:])
+    assert [(s.ensemble_method, s.epochs, s.compile, s.cuda_graphs) for s in students] == [
+        ("CAMKD", 2, False, "off"), ("AEKD", 1, False, "off"), ("CAMKD", 2, True, "off"),
+        ("AVERAGE_LOSS,EBKD,AEKD,CAMKD", 2, False, "capture"), ("AVERAGE_LOSS,CAMKD", 1, False, "off")]
+    assert len({s.tag for s in students}) == 5              # five run folders
+    assert "torch.distributed.run --standalone --nproc_per_node 2" in lines[7]     # the group under torchrun
+    for group in (lines[6], lines[7]):                      # each a group the resolution accepts
+        assert train_student.parse_args(script_args(group, "train_student.py") + ["--device", "cpu"]).is_group
+    assert "--deterministic --no-amp" in lines[9]
+    assert all("--device cuda" in line for line in lines[10:])
 
 
 def test_no_tests_drops_the_suite_and_nothing_is_installed():

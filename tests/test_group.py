@@ -174,14 +174,75 @@ def test_bad_lists(argv, needle, capsys):
     assert needle in one_line_error(capsys)
 
 
-def test_group_refuses_captured_steps(teachers, tmp_path, capsys):
-    """A group's steps run eagerly: --cuda_graphs other than off is one line (a flag error: exit
-    status 2), and nothing is written."""
-    with pytest.raises(SystemExit) as exit_:
-        train_student.main(base_args(teachers, tmp_path) + ["--distill", "kd,dkd", "--cuda_graphs", "static"])
-    assert exit_.value.code == 2
-    assert "--cuda_graphs static: a group of students runs its steps eagerly" in one_line_error(capsys)
-    assert not os.path.exists(os.path.join(str(tmp_path), "students"))
+def args_json(run_dir):
+    with open(os.path.join(run_dir, "args.json")) as f:
+        return json.load(f)
+
+
+def test_group_static_step_is_bit_identical_to_the_eager_group(group_and_solo, teachers, tmp_path):
+    """--cuda_graphs static (the group's step as restructured for capture: the batch copied once into
+    static buffers every member reads in place, each member's step with the device-tensor learning
+    rate): every student equals the eager group's (and so its solo run) tensor by tensor, and the
+    teachers still run once per batch and view."""
+    group_dir, _ = group_and_solo
+    calls = []
+    original = TeacherEnsemble.outputs
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(TeacherEnsemble, "outputs", lambda self, images, preact=False: calls.append(1)
+                  or original(self, images, preact))
+        assert train_student.main(base_args(teachers, tmp_path) + GROUP + ["--cuda_graphs", "static"]) == 0
+    assert len(calls) == 2 * 2 * 3
+    eager = {(a["distill"], a["ensemble_method"]): d for d in runs(group_dir).values() for a in [args_json(d)]}
+    static = runs(tmp_path)
+    assert len(static) == 4
+    for name, run_dir in static.items():
+        saved = args_json(run_dir)
+        assert saved["cuda_graphs"] == "static"
+        assert_same_run(run_dir, eager[(saved["distill"], saved["ensemble_method"])])
+        with open(os.path.join(run_dir, "log.txt")) as f:
+            assert "this student's step restructured for capture runs eagerly on the group's static batch" in f.read()
+
+
+def test_group_capture_on_the_cpu_runs_eagerly_with_one_line(teachers, tmp_path, capsys):
+    """--cuda_graphs capture is accepted for a group; off CUDA every student says why it runs eagerly."""
+    argv = base_args(teachers, tmp_path, epochs=1) + ["--distill", "kd,dkd", "--cuda_graphs", "capture"]
+    argv.remove("--quiet")
+    assert train_student.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("--cuda_graphs capture: the step runs eagerly (device cpu is not CUDA") == 2
+
+
+def test_stage_copies_each_batch_once_into_static_buffers():
+    """GroupStage static: per loader, the same tensors every batch (what a captured step needs),
+    filled with the batch's values; a batch of other shapes is handed on as it is; pinned teacher
+    outputs survive the per-batch clear, cached ones do not."""
+    class Fake:
+        def outputs(self, images, preact=False):
+            from distiller_zoo.base import NetOutput
+            return [NetOutput(feats=[images + 1], logits=images.sum(1))]
+
+        def __len__(self):
+            return 1
+
+    shared = group_mod.SharedTeachers(Fake())
+    stage = group_mod.GroupStage(shared, "static")
+    one, two = ("standard",), ("standard", "strong")
+    first = stage.prepare({one: (torch.ones(2, 3), torch.zeros(2)), two: ((torch.ones(2, 3), torch.ones(2, 3)),
+                                                                         torch.zeros(2), torch.arange(2))})
+    second = stage.prepare({one: (torch.full((2, 3), 5.0), torch.ones(2)),
+                            two: ((torch.zeros(2, 3), torch.ones(2, 3)), torch.ones(2), torch.arange(2))})
+    assert first[one][0] is second[one][0] and first[two][0][1] is second[two][0][1]
+    assert torch.equal(second[one][0], torch.full((2, 3), 5.0)) and torch.equal(second[two][2], torch.arange(2))
+    partial = (torch.ones(1, 3), torch.zeros(1))
+    assert stage.prepare({one: partial})[one] is partial
+    x = second[one][0]
+    shared.outputs(x)
+    shared.pin(x, False, Fake().outputs(x * 0))
+    shared.outputs(torch.ones(1, 3))
+    assert len(shared.requested()) == 2
+    stage.prepare({one: (torch.ones(2, 3), torch.zeros(2))})
+    assert shared.requested() == [] and torch.equal(shared.outputs(x)[0].logits, torch.zeros(2))   # pinned
+    assert shared.forwards == 2
 
 
 def test_lists_make_the_cross_product():
