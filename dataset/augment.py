@@ -133,7 +133,7 @@ def standard_augmentation(images: Tensor, generator: torch.Generator) -> Tensor:
 # runs batched on the training device, each operation following Pillow's arithmetic (blend with
 # truncation, ITU-R 601 grey ``(19595 R + 38470 G + 7471 B + 2^15) >> 16``, 16.16 fixed-point
 # nearest-neighbour affine warps with black fill, ...): on the CPU every operation equals Pillow's
-# pixel for pixel (tests/test_logit_family.py). The random parameters are drawn on the CPU, so a
+# pixel for pixel (tests/test_augment.py). The random parameters are drawn on the CPU, so a
 # seed gives the same parameters on every device; the arithmetic is integer, or float32/float64
 # elementwise in Pillow's order, so the pixels are the same on CUDA (see the module docstring).
 # Operations (range of the magnitude v):

@@ -47,7 +47,7 @@ How the masks act, ``--mlkd_mask`` (``MASKINGS``):
   weak instance and the batch level, ``f_c = mean(class_mask)`` of the classes for the class level.
   Per sample: sample ``i`` carries ``f * KD_i`` (instance) and ``f * row_i`` (batch level), and
   every sample the batch value ``f_c * ||M_t - M_s||_F^2 / C`` (class level), so each term's batch
-  mean is the authors' value exactly (``tests/test_mlkd_reference.py`` recomputes it their way).
+  mean is the authors' value exactly (``tests/test_mlkd.py`` recomputes it their way).
 
 The two differ most in the batch and class levels: the kept samples and classes (the least
 confident ones) carry the smallest Gram entries, so selecting them leaves much less than scaling the

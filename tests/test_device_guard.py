@@ -258,8 +258,8 @@ def test_a_distiller_that_adds_a_cpu_tensor_fails_the_guard(teacher_files, tmp_p
 
 
 # -- the CUDA-only data tests, run on the pretend device ---------------------------------------
-@pytest.mark.parametrize("module, test", [("test_data_augment", "test_cpu_and_cuda_augment_identically"),
-                                          ("test_logit_family", "test_strong_view_is_the_same_on_cpu_and_cuda"),
+@pytest.mark.parametrize("module, test", [("test_augment", "test_cpu_and_cuda_augment_identically"),
+                                          ("test_augment", "test_strong_view_is_the_same_on_cpu_and_cuda"),
                                           ("test_data_loader", "test_cuda_loader_matches_cpu_loader")])
 def test_cuda_only_data_tests_run_on_the_pretend_device(module, test):
     """The three tests that compare CPU and CUDA views skip in CPU CI; here they run with the

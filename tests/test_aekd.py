@@ -1,27 +1,141 @@
-"""``--aekd_solver libsvm``: AEKD's weights as CA-MKD's reference computes them (issue 27 item 5).
-
-The reference (``helper/optimization.py`` ``find_optimal_svm`` of github.com/Rorozhl/CA-MKD) is
-re-written here on its own from its description: per-teacher gradients ``[M, B, C]`` of the
-batch-mean KD loss w.r.t. the student logits (taken by backward, as its hooks do), their batch mean,
-optionally normalised, the float32 Gram matrix on the CPU, ``OneClassSVM(kernel="precomputed",
-nu=nu, tol=1e-6)``, weights ``dual_coef_ / (M nu)`` at the support vectors. The libsvm path must
-give the same weights on the same gradients; the exact path is unchanged."""
-
+"""AEKD (distiller_zoo/ensembles/aekd.py, qp.py): the exact QP, its weights against sklearn, --aekd_solver libsvm."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from distiller_zoo import ENSEMBLES, ensemble_weights, get_strategy, default_options
+from distiller_zoo import ENSEMBLES, default_options, ensemble_weights, get_strategy
 from distiller_zoo.base import EnsembleInputs
 from distiller_zoo.ensembles.aekd import SOLVERS, aekd_nu, aekd_teacher_weights, libsvm_teacher_weights
+from distiller_zoo.qp import qp_objective, solve_simplex_box_qp
 from helper import cuda_graphs
 
 from builders import as_if_on, random_batch, step_config, student_task
+from logit_cases import make_inputs
 
 sklearn_svm = pytest.importorskip("sklearn.svm")
 
 
+# ---- the exact solver: the QP and its weights -----------------------------------------------------
+def kd_grads(t, s, T):
+    """Independent gradient of batchmean T^2 KL w.r.t. the student logits, by autograd."""
+    grads = []
+    for m in range(t.shape[0]):
+        ss = s.clone().requires_grad_(True)
+        loss = torch.nn.KLDivLoss(reduction="batchmean")(torch.log_softmax(ss / T, 1), torch.softmax(t[m] / T, 1)) * T * T
+        loss.backward()
+        grads.append(ss.grad.mean(0))
+    return torch.stack(grads)
+
+
+def random_feasible(M, upper, n, rng):
+    pts = []
+    while len(pts) < n:
+        x = rng.dirichlet(np.ones(M) * rng.uniform(0.2, 3))
+        if (x <= upper + 1e-12).all():
+            pts.append(x)
+    return np.array(pts)
+
+
+@pytest.mark.parametrize("M", [2, 3, 5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_qp_solution_is_feasible_and_optimal(M, seed):
+    rng = np.random.default_rng(seed)
+    V = rng.normal(size=(M, max(M - 1, 2)))          # rank-deficient Gram for M = 5
+    G = torch.tensor(V @ V.T) * 1e-7                   # tiny entries, as AEKD's raw Gram
+    C = 0.6
+    upper = 1 / (aekd_nu(C, M) * M)
+    a = solve_simplex_box_qp(G, upper)
+    assert a.sum().item() == pytest.approx(1.0, abs=1e-9)
+    assert (a >= -1e-12).all() and (a <= upper + 1e-12).all()
+    best = qp_objective(G, a).item()
+    others = random_feasible(M, upper, 4000, rng)
+    obj = 0.5 * np.einsum("pi,ij,pj->p", others, G.numpy(), others)
+    assert best <= obj.min() * (1 + 1e-9) + 1e-30
+
+
+@pytest.mark.parametrize("dup", [(0, 1), (0, 2)])
+def test_qp_with_identical_teachers_splits_their_weight(dup):
+    """Two identical teachers make G singular on every face that frees both: those faces give no
+    solution, and the optimum comes from the others (hand-derived: teachers i, j identical with
+    gradient g, teacher k with h orthogonal to g and |h| = |g|: the objective is
+    1/2 (|g|^2 (a_i + a_j)^2 + |h|^2 a_k^2), minimal at a_i + a_j = a_k = 1/2)."""
+    g, h = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    k = ({0, 1, 2} - set(dup)).pop()
+    V = torch.stack([g if m in dup else h for m in range(3)])
+    a = solve_simplex_box_qp((V @ V.T) * 1e-7, upper=1.0)
+    assert torch.isfinite(a).all()
+    assert a[k].item() == pytest.approx(0.5, abs=1e-9)
+    assert (a[dup[0]] + a[dup[1]]).item() == pytest.approx(0.5, abs=1e-9)
+
+
+@pytest.mark.parametrize("M", [2, 3, 5])
+def test_aekd_matches_sklearn_on_well_scaled_gram(M):
+    sklearn_svm = pytest.importorskip("sklearn.svm")
+    T = 4.0
+    t, s, y = make_inputs(M, B=64, C=100, seed=M)
+    V = kd_grads(t, s, T).double()
+    G = (V @ V.T).numpy()
+    G_scaled = G / np.abs(np.diag(G)).max()          # libsvm converges on a well-scaled Gram
+    nu = aekd_nu(0.6, M)
+    svm = sklearn_svm.OneClassSVM(kernel="precomputed", nu=nu, tol=1e-10).fit(G_scaled)
+    expected = np.zeros(M)
+    expected[svm.support_] = svm.dual_coef_.ravel() / (M * nu)
+    w = ensemble_weights("AEKD", t, y, s, kd_T=T, C=0.6)
+    assert torch.allclose(w[:, 0].double(), torch.tensor(expected), atol=1e-4)
+    assert torch.allclose(w, w[:, :1].expand_as(w))   # equal over samples
+
+
+def test_aekd_svm_norm_divides_by_gradient_norm_and_renormalises():
+    sklearn_svm = pytest.importorskip("sklearn.svm")
+    M, T = 3, 4.0
+    t, s, y = make_inputs(M, B=64, C=100, seed=7)
+    V = kd_grads(t, s, T).double()
+    norms = V.norm(dim=1)
+    Vn = V / norms[:, None]
+    nu = aekd_nu(0.6, M)
+    svm = sklearn_svm.OneClassSVM(kernel="precomputed", nu=nu, tol=1e-10).fit((Vn @ Vn.T).numpy())
+    a = np.zeros(M)
+    a[svm.support_] = svm.dual_coef_.ravel() / (M * nu)
+    expected = a / norms.numpy()
+    expected = expected / expected.sum()
+    w = ensemble_weights("AEKD", t, y, s, kd_T=T, svm_norm=True)
+    assert torch.allclose(w[:, 0].double(), torch.tensor(expected), atol=1e-4)
+
+
+def test_aekd_nu_clipping():
+    assert aekd_nu(0.6, 3) == pytest.approx(1 / 1.8)
+    assert aekd_nu(0.1, 3) == 1.0                     # 1/(0.1*3) > 1 -> clipped to 1
+    assert aekd_nu(5.0, 3) == pytest.approx(1 / 3)    # below 1/M -> clipped to 1/M
+    # nu = 1: upper bound 1/M, the only feasible point is uniform
+    g = torch.randn(3, 10, dtype=torch.float64)
+    w = aekd_teacher_weights(g, C=0.1)
+    assert torch.allclose(w.double(), torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-6)
+
+
+def test_aekd_not_stuck_where_reference_libsvm_is():
+    """On raw (tiny) Gram matrices libsvm stops at 0.6/0.4/0; the exact optimum differs."""
+    sklearn_svm = pytest.importorskip("sklearn.svm")
+    M, T = 3, 4.0
+    t, s, y = make_inputs(M, B=64, C=100, seed=3)
+    V = kd_grads(t, s, T).double()
+    G = (V @ V.T)
+    nu = aekd_nu(0.6, M)
+    raw = sklearn_svm.OneClassSVM(kernel="precomputed", nu=nu, tol=1e-6).fit(G.numpy())
+    stuck = np.zeros(M)
+    stuck[raw.support_] = raw.dual_coef_.ravel() / (M * nu)
+    ours = ensemble_weights("AEKD", t, y, s, kd_T=T)[:, 0].double()
+    assert qp_objective(G, ours).item() <= qp_objective(G, torch.tensor(stuck)).item()
+    assert (ours > 0.05).all()                        # every teacher is heard
+
+
+# ---- ``--aekd_solver libsvm``: AEKD's weights as CA-MKD's reference computes them (issue 27 item 5)
+# The reference (``helper/optimization.py`` ``find_optimal_svm`` of github.com/Rorozhl/CA-MKD) is
+# re-written here on its own from its description: per-teacher gradients ``[M, B, C]`` of the
+# batch-mean KD loss w.r.t. the student logits (taken by backward, as its hooks do), their batch mean,
+# optionally normalised, the float32 Gram matrix on the CPU, ``OneClassSVM(kernel="precomputed",
+# nu=nu, tol=1e-6)``, weights ``dual_coef_ / (M nu)`` at the support vectors. The libsvm path must
+# give the same weights on the same gradients; the exact path is unchanged.
 def reference_weights(per_sample_grads, C, is_norm):
     """CA-MKD's ``find_optimal_svm`` on ``[M, B, ...]`` gradients, nu as its train_student.py sets it."""
     m = per_sample_grads.shape[0]

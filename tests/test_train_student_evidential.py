@@ -1,10 +1,4 @@
-"""Evidential distillation end to end on digits with the session's teachers: ``--distill ekd``,
-``--distill aekt`` and ``--ensemble_method EVIDENTIAL`` (pooled, with kd) each train a student far
-above chance; a deliberately weak teacher (one epoch) gets a lower evidential weight than two good
-ones; ``train_teacher.py --loss evidential`` trains an evidential teacher a student can distil.
-
-Small runs as in the other e2e files: batch 32, four epochs, learning rate decayed after epoch 3,
-one intra-op thread."""
+"""train_student.py with ekd, aekt and EVIDENTIAL on digits; the evidential weights; an evidential teacher distilled."""
 import json
 import math
 import os
@@ -20,8 +14,14 @@ from distiller_zoo.ensembles.evidential import evidence_shares
 from models import model_dict
 from models.checkpoint import load_model
 
+# ``--distill ekd``, ``--distill aekt`` and ``--ensemble_method EVIDENTIAL`` (pooled, with kd) each
+# train a student far above chance with the session's teachers; a deliberately weak teacher (one
+# epoch) gets a lower evidential weight than two good ones; ``train_teacher.py --loss evidential``
+# trains an evidential teacher a student can distil.
+# Small runs as in the other end-to-end files: batch 32, four epochs, learning rate decayed after
+# epoch 3, one intra-op thread.
 FAST = ["--epochs", "4", "--lr_decay_epochs", "3", "--batch_size", "32"]
-KD_ONE_TEACHER = ("--distill", "kd", *FAST)      # the reference; shared with test_logit_family_e2e
+KD_ONE_TEACHER = ("--distill", "kd", *FAST)      # the reference; shared with test_train_student_logit_losses
 
 
 @pytest.fixture

@@ -1,11 +1,4 @@
-"""End to end: every registered ``--distill`` loss trains a student on digits with two of the
-session's teachers, under AVERAGE_LOSS and under CAMKD (connector init stage included where the
-loss has one), with a finite training loss that goes down, and a test accuracy close to plain KD's
-in the same setting (a loss that trains but does not generalise fails here).
-
-Two epochs of batch 128 (12 steps each on digits' 1,442 training images): a run costs about two
-passes over the data (three with an init stage), which keeps the ~40 runs of this test near three
-minutes on two idle cores; epoch 2's mean training loss must be below epoch 1's."""
+"""train_student.py with every registered --distill loss on digits: the loss falls, the student generalises like KD."""
 import math
 import os
 
@@ -16,7 +9,14 @@ from distiller_zoo import DISTILLERS
 
 from conftest import assert_generalises_like_kd, run_student
 
+# Every loss trains a student with two of the session's teachers, under AVERAGE_LOSS and under CAMKD
+# (connector init stage included where the loss has one), with a finite training loss that goes
+# down, and a test accuracy close to plain KD's in the same setting (a loss that trains but does not
+# generalise fails here).
 METHODS = ["AVERAGE_LOSS", "CAMKD"]
+# Two epochs of batch 128 (12 steps each on digits' 1,442 training images): a run costs about two
+# passes over the data (three with an init stage), which keeps the ~40 runs of this test near three
+# minutes on two idle cores; epoch 2's mean training loss must be below epoch 1's.
 EPOCHS = 2
 
 # A loss whose own schedule or scale needs other settings at this size, with the reason:
@@ -27,7 +27,7 @@ SETTINGS = {
     # AEKT ramps in the same way (--aekt_warmup 20).
     "aekt": ["--aekt_warmup", "0"],
     # MLKD's class- and batch-level terms grow with (batch / classes)^2; its own settings keep them
-    # at CIFAR-100's scale on 10 classes (as tests/test_logit_family_e2e.py runs it).
+    # at CIFAR-100's scale on 10 classes (as tests/test_train_student_logit_losses.py runs it).
     "mlkd": ["--batch_size", "32", "--learning_rate", "0.025", "-r", "0.1", "-a", "0.9"],
 }
 
@@ -65,7 +65,7 @@ def cases():
     """Logit losses under both strategies; feature and relation losses under CAMKD only, whose
     per-teacher feature weights are the richer path. Under AVERAGE_LOSS a feature loss differs
     only by uniform weights (the weighting itself is tested per strategy with hint and inter in
-    tests/test_distill_step.py); those 14 two-epoch runs cost about 100 s of CI's 12 minutes, and a
+    tests/test_student_step.py); those 14 two-epoch runs cost about 100 s of CI's 12 minutes, and a
     loss that trains but does not generalise shows it under CAMKD as well."""
     for method in METHODS:
         for name in sorted(DISTILLERS):
@@ -95,7 +95,7 @@ def test_every_loss_trains_a_student_end_to_end(student_save_dir, shared_runs, n
         # the anchor; while the bank fills with real embeddings its term rises for a few epochs
         # (digits, crd: 17.1, 26.5, 33.6, 34.6, 32.0, 28.8, 26.4, 22.5 over 8 epochs) before it
         # falls. Here the rest of the objective must fall and the bank term stay finite; that the
-        # bank term itself falls once the bank is filled is tested in test_losses_machinery.py.
+        # bank term itself falls once the bank is filled is tested in test_crd.py.
         bank = [m[f"loss_{name}"] for m in metrics]
         assert all(math.isfinite(v) for v in bank), f"{run}: {name} loss {bank}"
         rest = [total - beta * b for total, b in zip(losses, bank)]

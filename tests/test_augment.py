@@ -1,6 +1,4 @@
-"""The device-side augmentation: exact pixels against a plain-numpy reference, uniformity of the
-81 crop offsets and the flip (RepDistiller's RandomCrop(32, padding=4) + RandomHorizontalFlip),
-normalisation, and the augmentation registry."""
+"""The views of dataset/augment.py: crop and flip, normalisation, registry, the strong view against Pillow, CPU = CUDA."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +8,10 @@ from scipy.stats import chisquare
 
 import dataset
 from dataset import DataError, DataSpec, DeviceLoader
-from dataset.augment import AUGMENTATIONS, crop_flip, crop_flip_params, register_augmentation
+from dataset.augment import (AUGMENTATIONS, CUTOUT_FILL, RANDAUG_OPS, RANDAUG_RANGES, crop_flip, crop_flip_params,
+                             cutout, randaugment_round, register_augmentation, strong_params)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PAD = 4
 
@@ -174,3 +175,119 @@ def test_cpu_and_cuda_augment_identically():
         assert gpu.device.type == "cuda"
         assert torch.equal(g_cpu.get_state(), g_gpu.get_state()), view
         assert torch.equal(cpu, gpu.cpu()), view
+
+
+# ---------------------------------------------------------------------------- the 'strong' view
+def test_strong_view_is_deterministic_for_a_seed_and_in_unit_range():
+    images = torch.randint(0, 256, (16, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    fn = AUGMENTATIONS["strong"]
+    a = fn(images, torch.Generator().manual_seed(7))
+    b = fn(images, torch.Generator().manual_seed(7))
+    c = fn(images, torch.Generator().manual_seed(8))
+    assert a.dtype == torch.float32 and a.shape == images.shape and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a, AUGMENTATIONS["standard"](images, torch.Generator().manual_seed(7)))
+
+
+def test_loader_serves_weak_and_strong_views_and_replays_an_epoch():
+    images = torch.randint(0, 256, (40, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    spec = DataSpec("toy", 10, 32, 3, (0.5,) * 3, (0.25,) * 3, 40, 0)
+    loader = DeviceLoader(images, torch.arange(40) % 10, spec, batch_size=16, device="cpu", seed=3,
+                          views=("standard", "strong"))
+    loader.set_epoch(2)
+    first = [(w.clone(), s.clone()) for (w, s), _ in loader]
+    loader.set_epoch(2)
+    again = [(w, s) for (w, s), _ in loader]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert all(w.shape == s.shape and not torch.equal(w, s) for w, s in first)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_strong_view_is_the_same_on_cpu_and_cuda():
+    """dataset/augment.py's promise: the same images and seed give bit-identical strong views on
+    CPU and CUDA, for every operation (one batch per operation, so each runs on every sample)."""
+    from dataset.augment import affine_fixed_point, affine_matrices, strong_params
+    images = _test_images(16)
+    for seed in range(8):
+        cpu = AUGMENTATIONS["strong"](images, torch.Generator().manual_seed(seed))
+        gpu = AUGMENTATIONS["strong"](images.cuda(), torch.Generator().manual_seed(seed))
+        assert torch.equal(cpu, gpu.cpu()), seed
+    for k in range(len(RANDAUG_OPS)):
+        op = torch.full((len(images),), k)
+        v = strong_params(len(images), torch.Generator().manual_seed(k), 32, 32)[4][0]
+        fixed = affine_fixed_point(affine_matrices(op, v, 32, 32))   # from the draws, on the CPU
+        cpu = randaugment_round(images, op, v, fixed)
+        gpu = randaugment_round(images.cuda(), op.cuda(), v.cuda(), fixed)
+        assert torch.equal(cpu, gpu.cpu()), RANDAUG_OPS[k]
+
+
+def _pil_ops():
+    pytest.importorskip("PIL")          # Pillow is optional (the 'vision' extra)
+    from PIL import Image, ImageEnhance, ImageOps
+    return {
+        "autocontrast": lambda im, v: ImageOps.autocontrast(im),
+        "brightness": lambda im, v: ImageEnhance.Brightness(im).enhance(v),
+        "color": lambda im, v: ImageEnhance.Color(im).enhance(v),
+        "contrast": lambda im, v: ImageEnhance.Contrast(im).enhance(v),
+        "equalize": lambda im, v: ImageOps.equalize(im),
+        "identity": lambda im, v: im,
+        "posterize": lambda im, v: ImageOps.posterize(im, max(1, int(v))),
+        "rotate": lambda im, v: im.rotate(v),
+        "sharpness": lambda im, v: ImageEnhance.Sharpness(im).enhance(v),
+        "shear_x": lambda im, v: im.transform(im.size, Image.AFFINE, (1, v, 0, 0, 1, 0)),
+        "shear_y": lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, 0, v, 1, 0)),
+        "solarize": lambda im, v: ImageOps.solarize(im, v),
+        "translate_x": lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, v * im.size[0], 0, 1, 0)),
+        "translate_y": lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, v * im.size[1])),
+    }
+
+
+def to_pil(x):
+    from PIL import Image
+    return Image.fromarray(x.permute(1, 2, 0).numpy())
+
+
+def from_pil(im):
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+
+
+def _test_images(n=12):
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    blocky = torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8).repeat_interleave(4, 2) \
+        .repeat_interleave(4, 3)
+    narrow = (noise.int() // 3 + 60).to(torch.uint8)
+    return torch.cat([noise, blocky, narrow])
+
+
+@pytest.mark.parametrize("name", RANDAUG_OPS)
+def test_each_randaugment_operation_matches_pillow_pixel_for_pixel(name):
+    images = _test_images()
+    lo, hi = RANDAUG_RANGES[name]
+    v = lo + (hi - lo) * torch.rand(len(images), generator=torch.Generator().manual_seed(1))
+    ours = randaugment_round(images, torch.full((len(images),), RANDAUG_OPS.index(name)), v)
+    op = _pil_ops()[name]
+    ref = torch.stack([from_pil(op(to_pil(x), float(vi))) for x, vi in zip(images, v)])
+    assert torch.equal(ours, ref)
+
+
+def test_strong_view_equals_the_reference_recipe_in_pillow_with_the_same_draws():
+    ops = _pil_ops()
+    from PIL import ImageDraw
+    images = _test_images(4)
+    g_seed = 11
+    ours = AUGMENTATIONS["strong"](images, torch.Generator().manual_seed(g_seed))
+    top, left, flip, op, mag, frac, cx, cy = strong_params(len(images), torch.Generator().manual_seed(g_seed), 32, 32)
+    cropped = crop_flip(images, top, left, flip)
+    for i in range(len(images)):
+        im = to_pil(cropped[i])
+        for r in range(op.shape[0]):
+            im = ops[RANDAUG_OPS[op[r, i]]](im, float(mag[r, i]))
+        s = float(frac[i]) * 32                  # the reference's CutoutAbs with our centre draw
+        if s > 0:
+            x0, y0 = int(max(0, float(cx[i]) - s / 2)), int(max(0, float(cy[i]) - s / 2))
+            im = im.copy()
+            ImageDraw.Draw(im).rectangle((x0, y0, min(32, x0 + s), min(32, y0 + s)), CUTOUT_FILL)
+        assert torch.equal(torch.round(ours[i] * 255).to(torch.uint8), from_pil(im)), i
+    # cutout on its own: nothing happens for a zero size
+    assert torch.equal(cutout(images, torch.zeros(len(images)), cx, cy), images)

@@ -1,10 +1,4 @@
-"""The logit family end to end on digits with the session's teachers: standardized KD, DKD and CTKD
-under CA-MKD with three teachers, and MLKD with one, train a student whose test accuracy is close to
-plain KD's in the same setting (the standardized-KD run here; the one-teacher KD run shared with
-tests/test_evidential_e2e.py); CTKD and MLKD log what they learn.
-
-Batch 32 with the learning rate decayed after epoch 3: four epochs of batch 64 without decay leave
-the student's BatchNorm statistics too unsettled on 1,442 images for a stable test accuracy."""
+"""train_student.py with the logit losses on digits: standardized KD, DKD, CTKD under CAMKD, MLKD; as good as KD."""
 import json
 import os
 
@@ -13,10 +7,16 @@ import torch
 
 from conftest import assert_generalises_like_kd, run_student
 
+# Standardized KD, DKD and CTKD under CA-MKD with three of the session's teachers, and MLKD with one,
+# train a student whose test accuracy is close to plain KD's in the same setting (the standardized-KD
+# run here; the one-teacher KD run shared with tests/test_train_student_evidential.py); CTKD and MLKD
+# log what they learn.
+# Batch 32 with the learning rate decayed after epoch 3: four epochs of batch 64 without decay leave
+# the student's BatchNorm statistics too unsettled on 1,442 images for a stable test accuracy.
 FAST = ["--epochs", "4", "--lr_decay_epochs", "3", "--batch_size", "32"]
 THREE_CAMKD = ["--teacher_num", "3", "--ensemble_method", "CAMKD"]
 KD_LS_CAMKD = (*THREE_CAMKD, "--distill", "kd", "--logit-stand", *FAST)   # the reference of this file
-KD_ONE_TEACHER = ("--distill", "kd", *FAST)                                 # shared with test_evidential_e2e
+KD_ONE_TEACHER = ("--distill", "kd", *FAST)                                 # shared with test_train_student_evidential
 
 
 @pytest.fixture

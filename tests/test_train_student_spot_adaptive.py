@@ -1,5 +1,4 @@
-"""train_student.py --spot_adaptive end to end: one teacher and three under CAMKD, attention and kd,
-on digits with the session's teachers; and a bit-identical resume with the policy in the checkpoint."""
+"""train_student.py --spot_adaptive on digits: attention and kd, one and three teachers (CAMKD); an exact resume."""
 import math
 import os
 
