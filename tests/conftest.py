@@ -174,7 +174,7 @@ def assert_generalises_like_kd(metrics, kd_metrics, run, chance_share=0.5):
     """A student that trains but does not generalise fails here: the last epoch's test top-1 must
     be at most KD_MARGIN points below the plain-KD run of the same setting, and above chance (10%
     on digits) by at least ``chance_share`` of KD's own margin over chance (and never need more
-    than 15 points). The two-epoch sweep over every loss (test_losses_e2e) passes
+    than 15 points). The two-epoch sweep over every loss (test_train_student_losses) passes
     ``chance_share=0``: there KD itself reaches only 12-22% and a feature term with a large weight
     slows the first epochs, so only "not below chance, not far below KD" is meaningful."""
     acc, ref = metrics[-1]["test_acc"], kd_metrics[-1]["test_acc"]
