@@ -60,9 +60,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="CIFAR: accept files that are not the official ones (your own data in CIFAR's "
                         "format); they are still read without running any code")
     g.add_argument("--img_size", type=positive_int, default=d.img_size, metavar="N",
-                   help="image side in pixels for imagefolder, tinyimagenet and imagenet (default: from "
+                   help="image side in pixels for imagefolder, tinyimagenet, imagenet and digits (default: from "
                         "the data: imagefolder's most common shorter side up to 224, 64 for tinyimagenet, "
-                        "224 for imagenet)")
+                        "224 for imagenet, 32 for digits (a multiple of 8))")
     g.add_argument("--synthetic_train", type=positive_int, default=d.synthetic_train,
                    help="synthetic: training images (default: %(default)s)")
     g.add_argument("--synthetic_test", type=positive_int, default=d.synthetic_test,

@@ -16,6 +16,7 @@ import torch
 
 import train_student
 import train_teacher
+from builders import DIGITS_SIZE, SESSION_TEACHER
 
 
 def pytest_configure(config):
@@ -80,7 +81,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-TEACHER_EPOCHS = 8
+TEACHER_EPOCHS = int(SESSION_TEACHER[SESSION_TEACHER.index("--epochs") + 1])
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +91,7 @@ def digits_teachers(session_folder):
     with made_once(session_folder, "digits_teachers") as (save_dir, done):
         if not done:
             torch.manual_seed(0)
-            code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", "--epochs", str(TEACHER_EPOCHS),
-                                       "--lr_decay_epochs", "6", "--trials", "3", "--save_dir", str(save_dir),
-                                       "--quiet", "--batch_size", "64"])
+            code = train_teacher.main([*SESSION_TEACHER, "--trials", "3", "--save_dir", str(save_dir)])
             assert code == 0
     return str(save_dir)
 
@@ -111,9 +110,9 @@ def student_run_dir(save_dir):
 
 
 def run_student(save_dir, *argv):
-    """Run train_student.py in-process on digits with the session's teachers; returns
+    """Run train_student.py in-process on digits (the suite's 16 px) with the session's teachers; returns
     (exit code, run folder or None, metrics list)."""
-    args = ["--dataset", "digits", "--save_dir", save_dir, "--quiet", "--model_s", "resnet8", *argv]
+    args = ["--dataset", "digits", *DIGITS_SIZE, "--save_dir", save_dir, "--quiet", "--model_s", "resnet8", *argv]
     code = train_student.main(args)
     root = os.path.join(save_dir, "students")
     if code != 0 or not os.path.isdir(root):

@@ -39,6 +39,20 @@ def test_digits_shapes_split_and_presentation(digits):
     assert digits.train_images.max() == 255 and digits.train_images.min() == 0
 
 
+def test_digits_at_another_img_size_is_the_same_presentation_enlarged_less(digits):
+    """--img_size 16: nearest x2 instead of x4 (the same pixels, so the same mean/std); a size that
+    is not a whole multiple of 8 is one line naming the flag."""
+    small = dataset.DATASETS["digits"].build(dataset.DataOptions(img_size=16))
+    assert small.train_images.shape == (1442, 3, 16, 16) and small.spec.image_size == 16
+    assert get_spec("digits", img_size=16) == small.spec
+    assert torch.equal(small.train_images, digits.train_images[:, :, ::2, ::2])
+    assert torch.equal(small.test_labels, digits.test_labels)
+    assert small.spec.mean == digits.spec.mean and small.spec.std == digits.spec.std
+    with pytest.raises(DataError, match=r"^--img_size 20: digits are 8x8 images enlarged by a whole factor; "
+                                        r"expected a multiple of 8 \(8, 16, 24, 32, \.\.\.\)$"):
+        build_loaders("digits", batch_size=4, device="cpu", seed=0, img_size=20)
+
+
 def test_digits_mean_std_constants(digits):
     x = digits.train_images.double() / 255
     assert abs(x.mean().item() - DIGITS_MEAN) < 1e-6

@@ -71,7 +71,7 @@ def test_a_namespace_without_the_data_flags_is_refused():
 def test_img_size_only_where_it_applies():
     assert get_spec("cifar100", img_size=32).image_size == 32              # its own size: accepted
     with pytest.raises(DataError, match=r"--img_size 64: --dataset cifar100 has a fixed image size \(32 px\); "
-                                        r"--img_size applies to imagefolder, imagenet, tinyimagenet") as e:
+                                        r"--img_size applies to digits, imagefolder, imagenet, tinyimagenet") as e:
         build_loaders("cifar100", batch_size=4, device="cpu", seed=0, img_size=64)
     assert "\n" not in str(e.value)
     with pytest.raises(DataError, match=r"synthetic .*fixed image size \(32 px\).*--synthetic_size"):

@@ -42,7 +42,7 @@ def test_single_teacher_is_plain_distillation(student_save_dir):
         args = json.load(f)
     assert args["teacher_num"] == 1 and args["ensemble_method"] == "AVERAGE_LOSS"
     name = os.path.basename(run_dir)           # CA-MKD's name, the flags not at their default, the hash
-    assert name.startswith("S~resnet8_digits_kd_r~1.0_a~1.0_b~0.0_0_resnet8_batch_size~128_h"), name
+    assert name.startswith("S~resnet8_digits_kd_r~1.0_a~1.0_b~0.0_0_resnet8_img_size~16_batch_size~128_h"), name
     assert args["config_hash"] == name[-8:] and len(args["teacher_digests"]) == 1
     assert args["objective"] == "1*CE + 1*kd [AVERAGE_LOSS]"
 

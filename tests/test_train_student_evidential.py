@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import train_teacher
+from builders import DIGITS_PX, DIGITS_SIZE
 from conftest import assert_generalises_like_kd, run_student
 from dataset import build_loaders
 from distiller_zoo import ensemble_weights
@@ -36,9 +37,9 @@ def manifest(save_dir):
 
 
 def teacher_test_logits(paths):
-    """``[M, N, C]`` teacher logits on the digits test set, and the labels ``[N]``."""
+    """``[M, N, C]`` teacher logits on the digits test set (the suite's size), and the labels ``[N]``."""
     models = [load_model(p, num_classes=10) for p in paths]
-    loaders = build_loaders("digits", batch_size=512, device="cpu", seed=0)
+    loaders = build_loaders("digits", batch_size=512, device="cpu", seed=0, img_size=DIGITS_PX)
     out, labels = [], []
     with torch.no_grad():
         for x, y in loaders.test:
@@ -90,8 +91,8 @@ def test_weak_teacher_gets_a_lower_evidential_weight(save_dir):
     """Two of the session's teachers (8 epochs) and one trained for a single epoch: the weak one is
     less accurate, more uncertain, and gets the lowest mean weight and evidence share."""
     torch.manual_seed(0)
-    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", "--epochs", "1", "--trials", "weak",
-                               "--save_dir", save_dir, "--quiet", "--batch_size", "64"])
+    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", *DIGITS_SIZE, "--epochs", "1",
+                               "--trials", "weak", "--save_dir", save_dir, "--quiet", "--batch_size", "64"])
     assert code == 0
     entries = manifest(save_dir)
     paths = [os.path.join(save_dir, entries[f"digits-resnet8-{t}"]["path"]) for t in ("0", "1", "weak")]
@@ -107,8 +108,8 @@ def test_weak_teacher_gets_a_lower_evidential_weight(save_dir):
 @pytest.mark.slow
 def test_evidential_teacher_trains_and_a_student_distils_it_with_ekd(save_dir):
     torch.manual_seed(0)
-    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", "--loss", "evidential", "--epochs", "3",
-                               "--lr_decay_epochs", "2", "--trials", "ev", "--save_dir", save_dir, "--quiet",
+    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", *DIGITS_SIZE, "--loss", "evidential",
+                               "--epochs", "3", "--lr_decay_epochs", "2", "--trials", "ev", "--save_dir", save_dir, "--quiet",
                                "--batch_size", "32"])
     assert code == 0
     entry = manifest(save_dir)["digits-resnet8-ev"]
