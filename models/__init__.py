@@ -3,6 +3,9 @@ name; ``imagenet_model_dict`` holds the 224-px models. Every model follows ``mod
 from .registry import (ModelCfg, build_model, get_model_cfg, imagenet_model_cfg, imagenet_model_dict,
                        model_cfg, model_dict, model_names, register_model)
 from .base import ZooModel
+
+__all__ = ["ModelCfg", "ZooModel", "build_model", "get_model_cfg", "imagenet_model_cfg", "imagenet_model_dict",
+           "model_cfg", "model_dict", "model_names", "register_model"]
 # each module registers its models on import
 from . import resnet  # noqa: F401
 from . import resnetv2  # noqa: F401

@@ -12,7 +12,6 @@ best test epoch (an optimistic figure: prefer "last" or --val_split when you rep
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
