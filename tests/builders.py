@@ -89,12 +89,12 @@ def teacher_folder(config: RunConfig) -> str:
 
 # The suite's digits are 16 px, not the default 32: the same 8x8 digits (nearest x2 instead of x4)
 # at a quarter of the pixels, so every end-to-end run costs about a third (dataset/digits.py).
-DIGITS_PX = 16
-DIGITS_SIZE = ("--img_size", str(DIGITS_PX))
+SUITE_DIGITS_PX = 16
+SUITE_DIGITS = ("--img_size", str(SUITE_DIGITS_PX))
 
 # The flags of conftest.digits_teachers' runs (its trials 0, 1, 2 are these with --trial N): a test
 # that continues, repeats or breaks one of those runs does it on a copy (``copy_session_teacher``).
-SESSION_TEACHER = ("--model", "resnet8", "--dataset", "digits", *DIGITS_SIZE, "--epochs", "8",
+SESSION_TEACHER = ("--model", "resnet8", "--dataset", "digits", *SUITE_DIGITS, "--epochs", "8",
                    "--lr_decay_epochs", "6", "--batch_size", "64", "--quiet")
 
 

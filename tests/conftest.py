@@ -16,7 +16,7 @@ import torch
 
 import train_student
 import train_teacher
-from builders import DIGITS_SIZE, SESSION_TEACHER
+from builders import SESSION_TEACHER, SUITE_DIGITS
 
 
 def pytest_configure(config):
@@ -112,7 +112,7 @@ def student_run_dir(save_dir):
 def run_student(save_dir, *argv):
     """Run train_student.py in-process on digits (the suite's 16 px) with the session's teachers; returns
     (exit code, run folder or None, metrics list)."""
-    args = ["--dataset", "digits", *DIGITS_SIZE, "--save_dir", save_dir, "--quiet", "--model_s", "resnet8", *argv]
+    args = ["--dataset", "digits", *SUITE_DIGITS, "--save_dir", save_dir, "--quiet", "--model_s", "resnet8", *argv]
     code = train_student.main(args)
     root = os.path.join(save_dir, "students")
     if code != 0 or not os.path.isdir(root):

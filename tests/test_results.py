@@ -10,11 +10,11 @@ import train_teacher
 from helper.task import ClassifierTask
 from helper.results import find_runs, tables
 
-from builders import DIGITS_SIZE
+from builders import SUITE_DIGITS
 from conftest import Interrupt, dies_at_step, run_student
 
 SUMMARIZE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "summarize.py")
-TINY = ["--model", "resnet8", "--dataset", "digits", *DIGITS_SIZE, "--epochs", "2", "--batch_size", "256", "--quiet"]
+TINY = ["--model", "resnet8", "--dataset", "digits", *SUITE_DIGITS, "--epochs", "2", "--batch_size", "256", "--quiet"]
 
 
 @pytest.fixture(scope="module")

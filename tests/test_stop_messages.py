@@ -31,12 +31,12 @@ from helper.stop_messages import checkpoint_status, error_message, resume_comman
 from helper.student_step import StudentTask
 from helper.task import ClassifierTask, StepOutput
 
-from builders import DIGITS_SIZE, SESSION_TEACHER, copy_session_teacher, teacher_configs
+from builders import SESSION_TEACHER, SUITE_DIGITS, copy_session_teacher, teacher_configs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE = ["--model", "resnet8", "--dataset", "digits", *DIGITS_SIZE, "--quiet", "--batch_size", "256"]
+BASE = ["--model", "resnet8", "--dataset", "digits", *SUITE_DIGITS, "--quiet", "--batch_size", "256"]
 ONE_EPOCH = BASE + ["--epochs", "1"]
 SCRIPTS = {"train_teacher.py": train_teacher, "train_student.py": train_student}
 

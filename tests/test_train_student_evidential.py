@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train_teacher
-from builders import DIGITS_PX, DIGITS_SIZE
+from builders import SUITE_DIGITS, SUITE_DIGITS_PX
 from conftest import assert_generalises_like_kd, run_student
 from dataset import build_loaders
 from distiller_zoo import ensemble_weights
@@ -39,7 +39,7 @@ def manifest(save_dir):
 def teacher_test_logits(paths):
     """``[M, N, C]`` teacher logits on the digits test set (the suite's size), and the labels ``[N]``."""
     models = [load_model(p, num_classes=10) for p in paths]
-    loaders = build_loaders("digits", batch_size=512, device="cpu", seed=0, img_size=DIGITS_PX)
+    loaders = build_loaders("digits", batch_size=512, device="cpu", seed=0, img_size=SUITE_DIGITS_PX)
     out, labels = [], []
     with torch.no_grad():
         for x, y in loaders.test:
@@ -91,7 +91,7 @@ def test_weak_teacher_gets_a_lower_evidential_weight(save_dir):
     """Two of the session's teachers (8 epochs) and one trained for a single epoch: the weak one is
     less accurate, more uncertain, and gets the lowest mean weight and evidence share."""
     torch.manual_seed(0)
-    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", *DIGITS_SIZE, "--epochs", "1",
+    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", *SUITE_DIGITS, "--epochs", "1",
                                "--trials", "weak", "--save_dir", save_dir, "--quiet", "--batch_size", "64"])
     assert code == 0
     entries = manifest(save_dir)
@@ -108,7 +108,7 @@ def test_weak_teacher_gets_a_lower_evidential_weight(save_dir):
 @pytest.mark.slow
 def test_evidential_teacher_trains_and_a_student_distils_it_with_ekd(save_dir):
     torch.manual_seed(0)
-    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", *DIGITS_SIZE, "--loss", "evidential",
+    code = train_teacher.main(["--model", "resnet8", "--dataset", "digits", *SUITE_DIGITS, "--loss", "evidential",
                                "--epochs", "3", "--lr_decay_epochs", "2", "--trials", "ev", "--save_dir", save_dir, "--quiet",
                                "--batch_size", "32"])
     assert code == 0

@@ -12,10 +12,10 @@ from helper.task import ClassifierTask, StepOutput
 from helper.manifest import ManifestError, add_teacher, manifest_path, read_manifest
 from models.checkpoint import load_model
 
-from builders import DIGITS_SIZE
+from builders import SUITE_DIGITS
 from conftest import BIT_IDENTICAL, TEACHER_EPOCHS, Interrupt, dies_at_step, read_metrics
 
-QUICK = ["--model", "resnet8", "--dataset", "digits", *DIGITS_SIZE, "--quiet", "--batch_size", "128"]
+QUICK = ["--model", "resnet8", "--dataset", "digits", *SUITE_DIGITS, "--quiet", "--batch_size", "128"]
 
 
 def test_three_seeds_train_register_and_load(digits_teachers):
