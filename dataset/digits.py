@@ -89,6 +89,7 @@ def load_digits_data(size: int = DIGITS_SIZE) -> TensorData:
 
 @register_dataset("digits", spec=digits_spec, img_size=True)
 def build_digits(options: DataOptions) -> TensorData:
-    """scikit-learn's 8x8 digits as 3x32x32 images (--img_size: another multiple of 8; offline, 1,442
-    train / 355 test)."""
+    """scikit-learn's 8x8 digits as 3x32x32 images (offline, 1,442 train / 355 test).
+
+    ``--img_size`` serves them at another multiple of 8."""
     return load_digits_data(digits_size(options))
