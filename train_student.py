@@ -86,7 +86,8 @@ def build_parser():
                    help="weight of feature terms given without one (default: the first one's usual weight)")
     g.add_argument("--distill_decay", action="store_true",
                    help="decay the logit terms linearly to 0 over the second half of training (CE weight "
-                        "1 - decayed -a)")
+                        "1 - decayed -a); CA-MKD's own flag stops with UnboundLocalError there, so no "
+                        "finished CA-MKD run used it")
     g.add_argument("--beta_delay_epochs", type=non_negative_int, default=1,
                    help="leave the feature terms out for this many first epochs (1, as CA-MKD; 0 as RepDistiller)")
     g.add_argument("--preact", action="store_true", help="use pre-activation features")
