@@ -7,11 +7,9 @@ or an http.server on 127.0.0.1 in a thread: no network.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import pickle
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 import dataset
 from dataset import DataError, build_loaders
 from dataset.cifar import load_cifar
+from local_server import ArchiveServer
 
 
 # -- official-format fixtures ---------------------------------------------------------------------
@@ -219,50 +218,10 @@ def test_archive_without_the_expected_files_leaves_nothing_behind(tmp_path):
     assert listing(data_dir) == []
 
 
-class _Server:
-    """http.server on 127.0.0.1 in a thread; ``mode`` decides how GET answers."""
-
-    def __init__(self, payload: bytes):
-        self.payload, self.mode, self.hits = payload, "ok", 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.hits += 1
-                if server.mode == "missing":
-                    self.send_error(404, "Not Found")
-                    return
-                if server.mode == "drop":          # close before any response
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(server.payload)))
-                self.end_headers()
-                if server.mode == "truncate":      # announce everything, send half, hang up
-                    self.wfile.write(server.payload[: len(server.payload) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(server.payload)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/cifar-100-python.tar.gz"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server(archive100):
     archive, md5, _ = archive100
-    s = _Server(archive.read_bytes())
+    s = ArchiveServer(archive.read_bytes(), "cifar-100-python.tar.gz")
     s.md5 = md5
     yield s
     s.close()

@@ -17,7 +17,7 @@ from dataset.decode import decode
 from dataset.tinyimagenet import TINY_MD5, TINY_MEAN, TINY_STD, TINY_URL
 from dataset.transforms import fit_square
 from image_files import picture, write_image
-from test_data_cifar import _Server
+from local_server import ArchiveServer
 
 pytest.importorskip("PIL.Image")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -155,7 +155,7 @@ def tiny_server(tmp_path):
     make_tiny(tmp_path / "src")
     archive = tmp_path / "tiny-imagenet-200.zip"
     md5 = zip_folder(tmp_path / "src", archive)
-    server = _Server(archive.read_bytes())
+    server = ArchiveServer(archive.read_bytes(), "tiny-imagenet-200.zip")
     server.url = server.url.rsplit("/", 1)[0] + "/tiny-imagenet-200.zip"
     server.md5 = md5
     yield server

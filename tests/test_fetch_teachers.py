@@ -5,20 +5,19 @@ The official archive cannot be downloaded here; the tests build small tars in it
 100-class resnet8/resnet14, with a numpy accuracy and argparse options inside as RepDistiller-era
 files have) and serve them from an http.server on 127.0.0.1 through ``--url``."""
 import argparse
-import http.server
 import importlib.util
 import io
 import json
 import os
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from local_server import ArchiveServer
 from models import model_dict
 from models.checkpoint import CheckpointError, load_model, read_state_dict
 
@@ -77,45 +76,9 @@ def good_tar(teacher_files):
                     [(MEMBER.format(arch), data) for arch, (data, _) in teacher_files.items()])
 
 
-class Server:
-    """http.server on 127.0.0.1 in a thread; ``mode`` decides how GET answers."""
-
-    def __init__(self):
-        self.payload, self.mode, self.hits = b"", "ok", 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.hits += 1
-                if server.mode == "missing":
-                    self.send_error(404, "Not Found")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(server.payload)))
-                self.end_headers()
-                if server.mode == "truncate":
-                    self.wfile.write(server.payload[: len(server.payload) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(server.payload)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/cifar_teachers.tar"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    s = Server()
+    s = ArchiveServer(name="cifar_teachers.tar")
     yield s
     s.close()
 
