@@ -103,6 +103,11 @@ def session_teacher_folder(trial="0") -> str:
     return teacher_folder(teacher_configs(*SESSION_TEACHER, "--trial", str(trial))[0])
 
 
+def session_teacher_checkpoint(digits_teachers: str, trial="0") -> str:
+    """The best checkpoint of a session teacher's trial (read-only; ``--path_t`` for a student)."""
+    return os.path.join(digits_teachers, "teachers", session_teacher_folder(trial), "resnet8_best.pth")
+
+
 def copy_session_teacher(digits_teachers: str, save_dir: str, trial="0") -> str:
     """A copy of a session teacher's run folder (``digits_teachers``' trial) under ``save_dir``
     (``save_dir/teachers/<its name>``); returns the copy's folder. Tests change copies only."""

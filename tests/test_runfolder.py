@@ -17,7 +17,7 @@ from helper import runfolder
 from helper.errors import RunFolderError
 from helper.run_lock import LOCK_NAME, RunLock
 
-from builders import SESSION_TEACHER, copy_session_teacher
+from builders import SESSION_TEACHER, copy_session_teacher, session_teacher_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -166,8 +166,7 @@ def test_resume_with_a_seed_the_run_did_not_start_with_is_refused(finished_teach
 
 def test_student_resume_with_other_teachers_kd_T_or_a_checkpoint_that_does_not_fit_is_refused(
         digits_teachers, tmp_path, capsys):
-    t0, t1 = (os.path.join(digits_teachers, "teachers", d, "resnet8_best.pth")
-              for d in sorted(os.listdir(os.path.join(digits_teachers, "teachers")))[:2])
+    t0, t1 = (session_teacher_checkpoint(digits_teachers, trial) for trial in ("0", "1"))
     save = str(tmp_path)
     common = ["--dataset", "digits", "--save_dir", save, "--quiet", "--model_s", "resnet8", "--epochs", "1",
               "--batch_size", "256", "--skip_validation"]

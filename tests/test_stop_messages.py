@@ -31,7 +31,8 @@ from helper.stop_messages import checkpoint_status, error_message, resume_comman
 from helper.student_step import StudentTask
 from helper.task import ClassifierTask, StepOutput
 
-from builders import SESSION_TEACHER, SUITE_DIGITS, copy_session_teacher, teacher_configs
+from builders import (SESSION_TEACHER, SUITE_DIGITS, copy_session_teacher, session_teacher_checkpoint,
+                      teacher_configs)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -125,8 +126,7 @@ def test_a_student_stopped_by_sigusr1_before_its_first_checkpoint(digits_teacher
         time.sleep(1)                                                 # (the handler interrupts the sleep)
         pytest.fail("SIGUSR1 did not stop the run")
     monkeypatch.setattr(StudentTask, "train_step", send)
-    teacher = os.path.join(digits_teachers, "teachers", sorted(os.listdir(os.path.join(digits_teachers, "teachers")))[0],
-                           "resnet8_best.pth")
+    teacher = session_teacher_checkpoint(digits_teachers)
     code = train_student.main(["--dataset", "digits", "--save_dir", str(tmp_path), "--quiet", "--model_s", "resnet8",
                                "--epochs", "1", "--batch_size", "256", "--skip_validation", "--path_t", teacher])
     err = one_line_error(capsys)
@@ -254,8 +254,7 @@ def test_student_ctrl_c_before_the_first_checkpoint_says_so(digits_teachers, tmp
     def interrupt(self, batch, epoch, *args):
         raise KeyboardInterrupt
     monkeypatch.setattr(StudentTask, "train_step", interrupt)
-    teacher = os.path.join(digits_teachers, "teachers", sorted(os.listdir(os.path.join(digits_teachers, "teachers")))[0],
-                           "resnet8_best.pth")
+    teacher = session_teacher_checkpoint(digits_teachers)
     code = train_student.main(["--dataset", "digits", "--save_dir", str(tmp_path), "--quiet", "--model_s", "resnet8",
                                "--epochs", "1", "--batch_size", "256", "--skip_validation", "--path_t", teacher])
     err = one_line_error(capsys)

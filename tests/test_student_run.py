@@ -13,7 +13,7 @@ from helper.run_identity import file_digest
 from helper.run_lock import RunLock
 from models import model_dict
 
-from builders import student_name, student_plan
+from builders import session_teacher_checkpoint, student_name, student_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,8 +49,7 @@ def test_teachers_from_another_data_set_or_broken_or_twice_are_refused(tmp_path,
 @pytest.fixture
 def group(digits_teachers, tmp_path):
     """(argv, [folder of each student]) of a group of two students (kd, dkd) on a session teacher."""
-    teacher = os.path.join(digits_teachers, "teachers", sorted(os.listdir(os.path.join(digits_teachers, "teachers")))[0],
-                           "resnet8_best.pth")
+    teacher = session_teacher_checkpoint(digits_teachers)
     argv = ["--dataset", "digits", "--save_dir", str(tmp_path), "--quiet", "--model_s", "resnet8", "--epochs", "1",
             "--batch_size", "256", "--skip_validation", "--path_t", teacher, "--distill", "kd,dkd"]
     plan = student_plan(*argv)
