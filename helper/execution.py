@@ -71,6 +71,16 @@ def backend_description(deterministic: bool, device: str) -> str:
     return "CPU run: reproducible for a fixed seed and thread count"
 
 
+def execution_lines(config, ctx, data_note: str = ""):
+    """The log lines of how a run executes (the kernel choice, the processes of a distributed run,
+    the data's own note), the same for teacher and student runs."""
+    lines = [f"==> {config.backend_mode}" + (f"; {ctx.world_size} processes, global batch "
+                                            f"{config.global_batch_size}" if ctx.enabled else "")]
+    if data_note:
+        lines.append(f"==> {data_note}")
+    return lines
+
+
 def apply_backend(deterministic: bool, device: str):
     """``--deterministic``: reproducible kernels (slower on GPU); otherwise cuDNN autotuning on CUDA.
     These are process-wide torch settings, set once when a run is built."""

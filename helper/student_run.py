@@ -33,7 +33,7 @@ from .checkpoint import checkpoint_paths, load_for_resume, rng_state, state_mism
 from .distributed import DistContext
 from .errors import NonFiniteLoss, RunError
 from .evaluate import evaluate
-from .execution import apply_backend, autocast_context, memory_format
+from .execution import apply_backend, autocast_context, execution_lines, memory_format
 from .group import GroupStage, RngStream, SharedTeachers, measured_first_step
 from .init_stage import run_init_stage
 from .objective import ObjectiveSchedule
@@ -264,11 +264,7 @@ class StudentRun:
                    f"{'on' if config.channels_last else 'off'}; teachers fused by architecture "
                    f"{'on' if teachers.fusing(config.device) else 'off'}; BatchNorm folded "
                    f"{'on' if config.fold_bn else 'off'} -> {s.run_dir}")
-        run.info(f"==> {config.backend_mode}" + (f"; {ctx.world_size} processes, global batch "
-                                                 f"{config.global_batch_size}" if ctx.enabled else ""))
-        if loaders.note:
-            run.info(f"==> {loaders.note}")
-        for line in shared.report_lines:
+        for line in execution_lines(config, ctx, loaders.note) + shared.report_lines:
             run.info(line)
         group = {"group": [t.name for t in self.students]} if self.plan.is_group else {}
         run.write_config(dict(config.as_dict(), **group, seed_used=shared.seed,

@@ -22,7 +22,7 @@ from . import cuda_graphs, runfolder
 from .checkpoint import checkpoint_paths, load_for_resume
 from .distributed import DistContext
 from .errors import NonFiniteLoss, RunError
-from .execution import apply_backend, memory_format
+from .execution import apply_backend, execution_lines, memory_format
 from .manifest import ManifestError, add_teacher, entry_name, manifest_path, name_problem, read_manifest, \
     remove_teacher
 from .options import model_options, trial_seed
@@ -165,10 +165,8 @@ class TeacherRun:
             run.info(f"==> teacher {config.model} on {spec.name} ({spec.num_classes} classes, {spec.num_train} train / "
                      f"{spec.num_test} test images), trial {config.trial}, seed {seed}, device {config.device}, "
                      f"amp {'on' if config.amp else 'off'}, lr {config.learning_rate} -> {run_dir}")
-            run.info(f"==> {config.backend_mode}" + (f"; {ctx.world_size} processes, global batch "
-                                                     f"{config.global_batch_size}" if ctx.enabled else ""))
-            if loaders.note:
-                run.info(f"==> {loaders.note}")
+            for line in execution_lines(config, ctx, loaders.note):
+                run.info(line)
             meta = {"arch": config.model, "num_classes": spec.num_classes, "dataset": spec.name,
                     "trial": config.trial, "loss": config.loss, "seed": seed}
             trainer = Trainer(task, optimizer, loaders, LoopSettings.of(config), run, meta, step=step,
